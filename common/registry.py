@@ -1,0 +1,75 @@
+"""One registry mechanism for everything built by name from a config mapping.
+
+Each kind of building block (losses, models, samplers, ...) owns one ``Registry``. A class or
+factory registers under a name; ``build(name, **hyperparams)`` checks the name and the keyword
+arguments against the constructor's signature before calling it, so a typo in ``params.yaml``
+fails at build time with the list of what is accepted, not deep inside training.
+
+Range checks (a negative margin, a temperature of zero) belong to the constructor itself: it
+raises ``ValueError`` naming the argument, which ``build`` re-raises as ``BuildError`` with the
+registry's kind and the name in front.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class BuildError(ValueError):
+    """A name or hyper-parameter that a registry cannot build."""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = factory
+            return factory
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._entries:
+            raise BuildError(f"unknown {self.kind} {name!r}; accepted: {', '.join(self.names())}")
+        return self._entries[name]
+
+    def accepted_params(self, name: str) -> dict[str, Any]:
+        """Keyword arguments of ``name`` with their defaults (``inspect.Parameter.empty`` if required)."""
+        signature = inspect.signature(self.get(name))
+        return {
+            p.name: p.default
+            for p in signature.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def check(self, name: str, hyperparams: dict[str, Any]) -> None:
+        """Raise ``BuildError`` if ``name`` is unknown or ``hyperparams`` has keys it does not accept."""
+        accepted = self.accepted_params(name)
+        unknown = sorted(set(hyperparams) - set(accepted))
+        if unknown:
+            listed = ", ".join(f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in accepted.items())
+            raise BuildError(
+                f"{self.kind} {name!r} does not accept {', '.join(map(repr, unknown))}; accepted: {listed or 'none'}"
+            )
+
+    def build(self, name: str, /, **hyperparams: Any) -> T:
+        self.check(name, hyperparams)
+        try:
+            return self.get(name)(**hyperparams)
+        except (TypeError, ValueError) as err:
+            raise BuildError(f"{self.kind} {name!r}: {err}") from err
