@@ -62,7 +62,9 @@ class Registry(Generic[T]):
         accepted = self.accepted_params(name)
         unknown = sorted(set(hyperparams) - set(accepted))
         if unknown:
-            listed = ", ".join(f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in accepted.items())
+            listed = ", ".join(
+                f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in accepted.items()
+            )
             raise BuildError(
                 f"{self.kind} {name!r} does not accept {', '.join(map(repr, unknown))}; accepted: {listed or 'none'}"
             )

@@ -1,0 +1,1 @@
+"""The training/evaluation loop on Accelerate: seeding, checkpoint + resume, NaN guard, progress."""

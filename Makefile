@@ -1,0 +1,35 @@
+# Two entry points (see README): `make repro` and `make test`. Both set up what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: repro test lint system-packages
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package, where apt is available (else prepare downloads the official files).
+system-packages:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
+	  echo "note: could not install dataset-fashion-mnist; the prepare stage will try the official download"; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null || true; \
+	fi
+
+repro: system-packages $(STAMP)
+	$(BIN)/dvc repro
+
+test: system-packages $(STAMP)
+	$(BIN)/ruff check common papers tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check common papers tests

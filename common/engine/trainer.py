@@ -1,0 +1,222 @@
+"""The one training + evaluation loop, on Hugging Face Accelerate.
+
+The same code runs on a laptop CPU (``python``), one GPU, or N processes (``accelerate launch``).
+Per epoch it trains ``batches_per_epoch`` m-per-class batches, then saves a checkpoint with
+``accelerator.save_state`` (model, optimizer, RNG states) plus the per-epoch history; a restarted run
+loads the newest complete checkpoint and continues with the next epoch. Batches depend only on
+(seed, epoch), and the RNG states are restored, so a resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from common import losses, models, optim, samplers
+from common.config import RunConfig
+from common.engine.distributed import gather_with_grad
+from common.metrics import retrieval_metrics
+
+CHECKPOINT_PREFIX = "epoch_"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops and is marked failed."""
+
+
+@dataclass
+class SplitTensors:
+    images: torch.Tensor  # float (N, 1, S, S), standardized
+    labels: torch.Tensor  # int64 (N,)
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    similarity_histograms: dict[str, list[float]] = field(default_factory=dict)
+    resumed_from_epoch: int = 0
+
+
+def to_model_input(images: torch.Tensor, image_size: int, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, S, S), resized by area averaging and standardized."""
+    x = images.unsqueeze(1).float().div_(255.0)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="area")
+    return (x - mean) / std
+
+
+def random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero fill): the only augmentation used here."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4, value=float(images.min()))
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n)).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> tuple[Path | None, int]:
+    done = [
+        (int(p.name.removeprefix(CHECKPOINT_PREFIX)), p)
+        for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and (p / "history.json").is_file()
+    ]
+    if not done:
+        return None, 0
+    epoch, path = max(done)
+    return path, epoch
+
+
+def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int, history: list[dict]) -> None:
+    """Write to a temporary directory, then rename: a checkpoint either exists whole or not at all."""
+    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch}"
+    partial = checkpoint_dir / f".partial_{CHECKPOINT_PREFIX}{epoch}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / "history.json").write_text(json.dumps(history, indent=1))
+        partial.rename(final)
+        for older in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            if older != final:
+                shutil.rmtree(older)
+    accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def embed(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512
+) -> torch.Tensor:
+    model.eval()
+    return torch.cat(
+        [
+            model(images[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+def similarity_histograms(
+    embeddings: torch.Tensor, labels: torch.Tensor, bins: int = 40
+) -> dict[str, list[float]]:
+    """Histograms (densities over [-1, 1]) of cosine similarities of positive and negative test pairs."""
+    e = F.normalize(embeddings, dim=1)
+    sim = e @ e.T
+    same = labels[:, None] == labels[None, :]
+    off_diagonal = ~torch.eye(len(labels), dtype=torch.bool)
+    result = {"edges": torch.linspace(-1, 1, bins + 1).tolist()}
+    for name, mask in (("positive", same & off_diagonal), ("negative", ~same)):
+        values = sim[mask]
+        hist = torch.histc(values, bins=bins, min=-1, max=1)
+        result[name] = (hist / hist.sum().clamp_min(1) * bins / 2).tolist()
+        result[f"{name}_mean"] = [float(values.mean())] if len(values) else [float("nan")]
+    return result
+
+
+def fit_and_evaluate(
+    run: RunConfig,
+    train: SplitTensors,
+    test: SplitTensors,
+    checkpoint_dir: Path,
+    accelerator: Accelerator,
+    on_epoch: Callable[[dict[str, float], int], None] = lambda metrics, epoch: None,
+) -> RunResult:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(run.seed)
+    model = models.build(run.model.name, **run.model.kwargs)
+    criterion = losses.build(run.loss.name, **run.loss.kwargs)
+    trainable = list(model.parameters()) + list(criterion.parameters())
+    optimizer = optim.build(run.optimizer.name, trainable, **run.optimizer.kwargs)
+    if any(p.requires_grad for p in criterion.parameters()):  # proxy/margin heads own class weights
+        model, criterion, optimizer = accelerator.prepare(model, criterion, optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        criterion = criterion.to(accelerator.device)
+    sampler = samplers.build(
+        run.sampler.name,
+        labels=train.labels,
+        batches_per_epoch=run.batches_per_epoch,
+        seed=run.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        **run.sampler.kwargs,
+    )
+
+    history: list[dict[str, float]] = []
+    checkpoint, start_epoch = latest_checkpoint(checkpoint_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        history = json.loads((checkpoint / "history.json").read_text())
+        for past in history:
+            on_epoch(past, int(past["epoch"]))
+
+    device = accelerator.device
+    for epoch in range(start_epoch + 1, run.epochs + 1):
+        model.train()
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        total, nonzero, steps = 0.0, 0, 0
+        bar = tqdm(
+            sampler,
+            desc=f"{run.key} epoch {epoch}/{run.epochs}",
+            leave=False,
+            disable=not accelerator.is_local_main_process,
+        )
+        for step, batch in enumerate(bar):
+            images = train.images[batch]
+            if run.augment == "shift":
+                images = random_shift(images)
+            labels = train.labels[batch].to(device)
+            embeddings = model(images.to(device))
+            if accelerator.num_processes > 1:
+                embeddings, labels = gather_with_grad(embeddings), gather_with_grad(labels)
+            loss = criterion(embeddings, labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"{run.paper} {run.key}: the loss is {loss.item()} at epoch {epoch}, step {step}; "
+                    f"the run stops (loss {run.loss.name}, optimizer {run.optimizer.name} "
+                    f"lr={run.optimizer.kwargs.get('lr', 'default')})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            total += loss.item()
+            nonzero += int(loss.item() != 0.0)
+            steps += 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        metrics = {
+            "epoch": epoch,
+            "train_loss": total / steps,
+            "nonzero_loss_fraction": nonzero / steps,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        history.append(metrics)
+        on_epoch(metrics, epoch)
+        _save_checkpoint(accelerator, checkpoint_dir, epoch, history)
+
+    result = RunResult(metrics={}, history=history, resumed_from_epoch=start_epoch)
+    if accelerator.is_main_process:
+        embeddings = embed(accelerator.unwrap_model(model), test.images, device)
+        result.metrics = retrieval_metrics(
+            embeddings, test.labels, ks=run.eval.ks, chunk_size=run.eval.chunk_size
+        )
+        if any(not math.isfinite(v) for v in result.metrics.values()):
+            raise NonFiniteLossError(
+                f"{run.paper} {run.key}: evaluation produced non-finite metrics {result.metrics}"
+            )
+        subset = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))
+        subset = subset[: run.eval.histogram_pairs]
+        result.similarity_histograms = similarity_histograms(embeddings[subset], test.labels[subset])
+    accelerator.wait_for_everyone()
+    return result

@@ -1,0 +1,455 @@
+"""Retrieval and clustering metrics for deep metric learning.
+
+Every metric here compares L2-normalised embeddings by cosine similarity. Two evaluation modes:
+
+* **leave-one-out** (``reference=None``): the query set is its own reference and a query never
+  retrieves itself. This is the standard protocol on a class-disjoint test set (CUB-200, Cars196,
+  SOP, ...).
+* **query / reference** (``reference`` given): queries retrieve from a separate gallery (In-Shop),
+  nothing is excluded.
+
+Definitions (``R`` is the number of reference items that share the query's label, the query
+itself excluded in leave-one-out mode):
+
+* ``precision_at_1``: fraction of queries whose nearest neighbour has the query's label.
+* ``recall_at_{k}``: Recall@K as used in deep metric learning (Song et al., "Deep Metric Learning
+  via Lifted Structured Feature Embedding", CVPR 2016; Wang et al., "Multi-Similarity Loss",
+  CVPR 2019): fraction of queries with at least one same-label item among their K nearest
+  neighbours. Recall@1 equals P@1.
+* ``r_precision``: R-Precision (Musgrave, Belongie and Lim, "A Metric Learning Reality Check",
+  ECCV 2020, sec. 3.3): for each query, the fraction of its R nearest neighbours that share its
+  label, averaged over queries.
+* ``map_at_r``: MAP@R (same paper, sec. 3.3): for each query,
+  ``AP@R = (1/R) * sum_{i=1..R} P(i) * rel(i)``, where ``rel(i)`` is 1 if the i-th neighbour shares
+  the query's label and ``P(i)`` is the precision among the first i neighbours; averaged over
+  queries.
+* ``nmi``: normalised mutual information (arithmetic-mean normalisation, scikit-learn's default)
+  between the query labels and a k-means clustering of the query embeddings with as many clusters
+  as there are query labels.
+
+Queries with no relevant item (``R == 0``: a singleton class in leave-one-out mode, or a label
+absent from the reference set) have no defined R-Precision or MAP@R. As in
+pytorch-metric-learning's ``AccuracyCalculator`` ("lone" query labels), such queries are left out
+of P@1, R-Precision and MAP@R; we also leave them out of Recall@K so that all neighbour metrics
+average over the same queries. A metric is ``nan`` when no query has a relevant item. NMI uses
+every query.
+
+Nearest neighbours are found in row chunks of ``chunk_size`` queries: each step holds a
+``chunk_size x n_reference`` block of similarities, keeps its top k (k = the largest of
+``max(ks)`` and the largest R) and drops the block, so the full similarity matrix never exists.
+Ties are broken deterministically: equal similarities are ordered by ascending reference index
+(exactly what a stable descending sort of each row gives), so results do not depend on the chunk
+size, the device's top-k implementation or run-to-run scheduling.
+
+This module imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["kmeans", "nearest_neighbors", "normalized_mutual_info", "retrieval_metrics"]
+
+
+# --------------------------------------------------------------------------------------------
+# nearest neighbours
+# --------------------------------------------------------------------------------------------
+
+
+def _as_embeddings(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, dim), got shape {tuple(x.shape)}")
+    x = x.detach()
+    if not x.is_floating_point():
+        x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _normalized_pair(query: Tensor, reference: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """L2-normalise both sets in a shared floating dtype (at least float32)."""
+    query = _as_embeddings(query, "query")
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    if reference is not None:
+        reference = _as_embeddings(reference, "reference")
+        if reference.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"query and reference dimensions differ: {query.shape[1]} vs {reference.shape[1]}"
+            )
+        if reference.device != query.device:
+            raise ValueError("query and reference must be on the same device")
+        dtype = torch.promote_types(dtype, reference.dtype)
+        reference = torch.nn.functional.normalize(reference.to(dtype), p=2, dim=1)
+    query = torch.nn.functional.normalize(query.to(dtype), p=2, dim=1)
+    return query, reference
+
+
+def _block_size(n_reference: int, k: int) -> int:
+    """Block width for the two-stage top-k; 1 means a plain top-k over the whole row.
+
+    Stage one takes the top k of the ``ceil(n/b)`` block maxima, stage two the top k of the
+    ``k * b`` entries of the chosen blocks; ``b = sqrt(n / k)`` balances the two.
+    """
+    if k <= 0 or n_reference < 8 * k:
+        return 1
+    return max(1, math.isqrt(n_reference // k))
+
+
+def _topk_rows(sims: Tensor, k: int, block: int) -> tuple[Tensor, Tensor]:
+    """Top k of each row of ``sims`` (descending; ties by ascending column).
+
+    Exact: with ``block > 1`` the k blocks with the largest maxima contain every element at least
+    as large as the k-th largest one. Rows where that is not unique (a tie at the block-maximum
+    or at the k-th value boundary) are redone with a stable sort of the whole row.
+    """
+    rows, width = sims.shape
+    if block == 1:
+        vals, cols = torch.topk(sims, k, dim=1)
+        ambiguous = torch.count_nonzero(sims >= vals[:, -1:], dim=1) > k
+    else:
+        num_blocks = width // block
+        block_max = sims.view(rows, num_blocks, block).amax(dim=2)
+        top_block_max, top_blocks = torch.topk(block_max, k, dim=1, sorted=False)
+        threshold = top_block_max.amin(dim=1, keepdim=True)
+        ambiguous = torch.count_nonzero(block_max >= threshold, dim=1) > k
+        offsets = torch.arange(block, device=sims.device)
+        cand_cols = (top_blocks.unsqueeze(2) * block + offsets).view(rows, k * block)
+        cand = torch.gather(sims, 1, cand_cols)
+        vals, pos = torch.topk(cand, k, dim=1)
+        cols = torch.gather(cand_cols, 1, pos)
+        ambiguous |= torch.count_nonzero(cand >= vals[:, -1:], dim=1) > k
+
+    if k > 1:
+        # equal values inside the top k: order them by column
+        tied = (vals[:, 1:] == vals[:, :-1]).any(dim=1) & ~ambiguous
+        if bool(tied.any()):
+            t_cols, order = torch.sort(cols[tied], dim=1)
+            t_vals = torch.gather(vals[tied], 1, order)
+            t_vals, order = torch.sort(t_vals, dim=1, descending=True, stable=True)
+            vals[tied] = t_vals
+            cols[tied] = torch.gather(t_cols, 1, order)
+    if bool(ambiguous.any()):
+        a_vals, a_cols = torch.sort(sims[ambiguous], dim=1, descending=True, stable=True)
+        vals[ambiguous] = a_vals[:, :k]
+        cols[ambiguous] = a_cols[:, :k]
+    return vals, cols
+
+
+def _iter_topk(
+    query: Tensor, reference: Tensor, k: int, chunk_size: int, exclude_self: bool
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Yield ``(start, similarities, indices)`` for consecutive chunks of normalised queries."""
+    n_query, dim = query.shape
+    n_ref = reference.shape[0]
+    block = _block_size(n_ref, k)
+    width = -(-n_ref // block) * block
+    # reference^T padded to a whole number of blocks; padding columns are set to -inf below
+    ref_t = torch.zeros(dim, width, dtype=reference.dtype, device=reference.device)
+    ref_t[:, :n_ref] = reference.T
+    # one reused buffer: allocating a fresh chunk x n_ref block at every step costs page faults
+    buf = torch.empty(min(chunk_size, n_query), width, dtype=query.dtype, device=query.device)
+    for start in range(0, n_query, chunk_size):
+        stop = min(start + chunk_size, n_query)
+        sims = torch.mm(query[start:stop], ref_t, out=buf[: stop - start])
+        if width > n_ref:
+            sims[:, n_ref:] = float("-inf")
+        if exclude_self:
+            rows = torch.arange(stop - start, device=sims.device)
+            sims[rows, rows + start] = float("-inf")
+        vals, cols = _topk_rows(sims, k, block)
+        yield start, vals, cols
+
+
+def _check_chunk_size(chunk_size: int) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    return chunk_size
+
+
+@torch.no_grad()
+def nearest_neighbors(
+    query: Tensor,
+    reference: Tensor | None,
+    k: int,
+    chunk_size: int = 1024,
+    exclude_self: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The k nearest reference items of each query by cosine similarity, computed in chunks.
+
+    Args:
+        query: ``(n_query, dim)`` embeddings (normalised here).
+        reference: ``(n_ref, dim)`` embeddings, or ``None`` to search the query set itself.
+        k: number of neighbours; at most ``n_ref`` (``n_ref - 1`` with ``exclude_self``).
+        chunk_size: queries per step; memory per step is about ``chunk_size * n_ref`` floats.
+        exclude_self: query ``i`` never retrieves reference ``i`` (leave-one-out). Requires the
+            reference to be the query set (``reference=None`` or the same rows in the same order).
+
+    Returns:
+        ``(similarities, indices)``, both ``(n_query, k)``, sorted by decreasing similarity; equal
+        similarities are ordered by increasing reference index.
+    """
+    _check_chunk_size(chunk_size)
+    query, reference = _normalized_pair(query, reference)
+    if reference is None:
+        reference = query
+    if exclude_self and reference.shape[0] != query.shape[0]:
+        raise ValueError("exclude_self needs the reference to be the query set (same length)")
+    available = reference.shape[0] - int(exclude_self)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k > available:
+        raise ValueError(f"k must be an int in [0, {available}], got {k!r}")
+    n_query = query.shape[0]
+    sims = torch.empty(n_query, k, dtype=query.dtype, device=query.device)
+    indices = torch.empty(n_query, k, dtype=torch.long, device=query.device)
+    if k == 0 or n_query == 0:
+        return sims, indices
+    for start, vals, cols in _iter_topk(query, reference, k, chunk_size, exclude_self):
+        sims[start : start + len(vals)] = vals
+        indices[start : start + len(cols)] = cols
+    return sims, indices
+
+
+# --------------------------------------------------------------------------------------------
+# clustering: k-means and NMI
+# --------------------------------------------------------------------------------------------
+
+
+def _sq_distances(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
+    c_sq = (centers * centers).sum(dim=1)
+    return (x_sq[:, None] - 2.0 * (x @ centers.T) + c_sq[None, :]).clamp_min_(0.0)
+
+
+def _assign(x: Tensor, x_sq: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest center of each point (first one on ties) and its squared distance, in chunks."""
+    n = x.shape[0]
+    step = max(1, (1 << 22) // max(1, centers.shape[0]))
+    labels = torch.empty(n, dtype=torch.long, device=x.device)
+    dists = torch.empty(n, dtype=x.dtype, device=x.device)
+    for s in range(0, n, step):
+        d = _sq_distances(x[s : s + step], x_sq[s : s + step], centers)
+        dists[s : s + step], labels[s : s + step] = d.min(dim=1)
+    return labels, dists
+
+
+@torch.no_grad()
+def kmeans(x: Tensor, num_clusters: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4) -> Tensor:
+    """Seeded k-means; returns the cluster index of every row of ``x`` (``(n,)`` long).
+
+    Initialisation is greedy k-means++ (Arthur and Vassilvitskii, "k-means++: the advantages of
+    careful seeding", SODA 2007; ``2 + floor(ln k)`` candidates per step, as scikit-learn), then
+    Lloyd iterations until the assignment no longer changes, the centers move by less than
+    ``tol`` times the mean per-feature variance (scikit-learn's criterion), or ``max_iter``.
+    An empty cluster is moved onto the point farthest from its center. Random draws come from a
+    CPU ``torch.Generator`` seeded with ``seed``, so a seed gives the same clustering on any device
+    (up to floating-point differences between devices).
+    """
+    if not isinstance(x, Tensor) or x.ndim != 2:
+        raise ValueError("x must be a 2-D tensor")
+    n = x.shape[0]
+    if isinstance(num_clusters, bool) or not isinstance(num_clusters, int) or not 1 <= num_clusters <= n:
+        raise ValueError(f"num_clusters must be an int in [1, {n}], got {num_clusters!r}")
+    x = x.detach()
+    x = x.to(torch.promote_types(x.dtype, torch.float32)) if x.is_floating_point() else x.float()
+    device = x.device
+    gen = torch.Generator().manual_seed(int(seed))
+    x_sq = (x * x).sum(dim=1)
+
+    # greedy k-means++
+    first = int(torch.randint(n, (1,), generator=gen))
+    chosen = [first]
+    closest = _sq_distances(x, x_sq, x[first : first + 1])[:, 0].double()
+    potential = closest.sum()
+    n_trials = 2 + int(math.log(num_clusters))
+    for _ in range(1, num_clusters):
+        draws = torch.rand(n_trials, generator=gen, dtype=torch.float64).to(device)
+        if float(potential) > 0:
+            cands = torch.searchsorted(torch.cumsum(closest, 0), draws * potential)
+            cands = cands.clamp_max_(n - 1)
+        else:  # every point sits on a center: draw uniformly
+            cands = (draws * n).long().clamp_max_(n - 1)
+        d = _sq_distances(x, x_sq, x[cands]).double()
+        new_closest = torch.minimum(closest[:, None], d)
+        potentials = new_closest.sum(dim=0)
+        best = int(torch.argmin(potentials))
+        chosen.append(int(cands[best]))
+        closest, potential = new_closest[:, best].contiguous(), potentials[best]
+
+    # Lloyd iterations
+    centers = x[torch.tensor(chosen, device=device)].clone()
+    x64 = x.double()
+    threshold = tol * float(x64.var(dim=0, unbiased=False).mean()) if n > 1 else 0.0
+    labels, dists = _assign(x, x_sq, centers)
+    for _ in range(max_iter):
+        sums = torch.zeros(num_clusters, x.shape[1], dtype=torch.float64, device=device)
+        sums.index_add_(0, labels, x64)
+        counts = torch.bincount(labels, minlength=num_clusters)
+        new_centers = (sums / counts.clamp_min(1)[:, None].double()).to(x.dtype)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty) > 0:
+            far = torch.sort(dists, descending=True, stable=True).indices[: len(empty)]
+            new_centers[empty] = x[far]
+        shift = float(((new_centers.double() - centers.double()) ** 2).sum())
+        centers = new_centers
+        new_labels, dists = _assign(x, x_sq, centers)
+        converged = torch.equal(new_labels, labels) or shift <= threshold
+        labels = new_labels
+        if converged:
+            break
+    return labels
+
+
+def _entropy_from_counts(counts: Tensor) -> float:
+    counts = counts[counts > 0].double()
+    total = counts.sum()
+    return float(-((counts / total) * (torch.log(counts) - torch.log(total))).sum())
+
+
+def normalized_mutual_info(labels_true: Tensor, labels_pred: Tensor) -> float:
+    """NMI with arithmetic-mean normalisation: ``MI(U, V) / ((H(U) + H(V)) / 2)``.
+
+    Natural logarithms; the same value and edge cases as scikit-learn's
+    ``normalized_mutual_info_score`` with its default ``average_method="arithmetic"`` (1.0 when
+    both labelings are a single cluster, 0.0 when the mutual information is 0). The contingency
+    table is kept sparse (only its non-zero cells), so 10^4 classes x 10^4 clusters is cheap.
+    """
+    a = torch.as_tensor(labels_true).reshape(-1)
+    b = torch.as_tensor(labels_pred).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"label tensors differ in length: {a.numel()} vs {b.numel()}")
+    b = b.to(a.device)
+    a_ids, a_inv = torch.unique(a, return_inverse=True)
+    b_ids, b_inv = torch.unique(b, return_inverse=True)
+    na, nb = len(a_ids), len(b_ids)
+    if na == nb == 1 or na == nb == 0:
+        return 1.0
+    if na == 1 or nb == 1:
+        return 0.0
+    n = float(a.numel())
+    cells, n_ij = torch.unique(a_inv * nb + b_inv, return_counts=True)
+    pi = torch.bincount(a_inv, minlength=na).double()
+    pj = torch.bincount(b_inv, minlength=nb).double()
+    n_ij = n_ij.double()
+    outer = pi[cells // nb] * pj[cells % nb]
+    p_ij = n_ij / n
+    terms = p_ij * (torch.log(n_ij) - math.log(n)) + p_ij * (-torch.log(outer) + 2.0 * math.log(n))
+    terms = torch.where(terms.abs() < torch.finfo(torch.float64).eps, torch.zeros_like(terms), terms)
+    mi = max(float(terms.sum()), 0.0)
+    if mi == 0.0:
+        return 0.0
+    h_true = _entropy_from_counts(pi)
+    h_pred = _entropy_from_counts(pj)
+    return mi / ((h_true + h_pred) / 2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _as_labels(labels: Tensor, n: int, name: str, device: torch.device) -> Tensor:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    labels = labels.detach().reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels.detach()
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
+    return labels.to(device)
+
+
+@torch.no_grad()
+def retrieval_metrics(
+    query: Tensor,
+    query_labels: Tensor,
+    reference: Tensor | None = None,
+    reference_labels: Tensor | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    chunk_size: int = 1024,
+    nmi_seed: int = 0,
+) -> dict[str, float]:
+    """P@1, Recall@K, R-Precision, MAP@R and NMI of embeddings under cosine similarity.
+
+    See the module docstring for the definitions (R-Precision and MAP@R as in Musgrave et al.,
+    "A Metric Learning Reality Check", ECCV 2020) and for how queries without any relevant item
+    are treated (left out, like pytorch-metric-learning's ``AccuracyCalculator``).
+
+    Args:
+        query: ``(n_query, dim)`` embeddings.
+        query_labels: ``(n_query,)`` class labels (any integer or float tensor).
+        reference: ``(n_ref, dim)`` gallery embeddings, or ``None`` for leave-one-out retrieval
+            within the query set.
+        reference_labels: ``(n_ref,)`` labels; given if and only if ``reference`` is.
+        ks: the K of each ``recall_at_{K}``; K larger than the reference size counts every item.
+        chunk_size: queries per similarity block (memory about ``chunk_size * n_ref`` floats).
+        nmi_seed: seed of the k-means behind ``nmi``.
+
+    Returns:
+        ``{"precision_at_1", "recall_at_{K}" for K in ks, "r_precision", "map_at_r", "nmi"}`` as
+        Python floats.
+    """
+    _check_chunk_size(chunk_size)
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+    if (reference is None) != (reference_labels is None):
+        raise ValueError("give both reference and reference_labels, or neither")
+    same_set = reference is None
+    q, r = _normalized_pair(query, reference)
+    n_query = q.shape[0]
+    if n_query == 0:
+        raise ValueError("query is empty")
+    q_labels = _as_labels(query_labels, n_query, "query_labels", q.device)
+    if same_set:
+        r = q
+        all_labels = q_labels
+    else:
+        if r.shape[0] == 0:
+            raise ValueError("reference is empty")
+        r_labels = _as_labels(reference_labels, r.shape[0], "reference_labels", q.device)
+        all_labels = torch.cat([q_labels, r_labels.to(q_labels.dtype)])
+    _, ids = torch.unique(all_labels, return_inverse=True)
+    q_ids = ids[:n_query]
+    r_ids = q_ids if same_set else ids[n_query:]
+    n_ref = r.shape[0]
+
+    # R: relevant reference items per query (the query itself excluded in leave-one-out mode)
+    num_relevant = torch.bincount(r_ids, minlength=int(ids.max()) + 1)[q_ids] - int(same_set)
+    valid = num_relevant > 0
+    available = n_ref - int(same_set)
+    k = min(max(max(ks), int(num_relevant.max())), available)
+
+    hit_at_1 = torch.zeros(n_query, dtype=torch.bool, device=q.device)
+    hit_at = {kk: torch.zeros(n_query, dtype=torch.bool, device=q.device) for kk in ks}
+    r_prec = torch.zeros(n_query, dtype=torch.float64, device=q.device)
+    ap_r = torch.zeros(n_query, dtype=torch.float64, device=q.device)
+    if k > 0:
+        ranks = torch.arange(1, k + 1, device=q.device)
+        for start, _, cols in _iter_topk(q, r, k, chunk_size, same_set):
+            stop = start + len(cols)
+            same = r_ids[cols] == q_ids[start:stop, None]
+            big_r = num_relevant[start:stop]
+            hit_at_1[start:stop] = same[:, 0]
+            for kk in ks:
+                hit_at[kk][start:stop] = same[:, : min(kk, k)].any(dim=1)
+            relevant = same & (ranks[None, :] <= big_r[:, None])
+            cum = torch.cumsum(relevant, dim=1)
+            denom = big_r.clamp_min(1).double()
+            r_prec[start:stop] = cum[:, -1].double() / denom
+            precision_at_i = cum.double() / ranks.double()
+            ap_r[start:stop] = (precision_at_i * relevant).sum(dim=1) / denom
+
+    def mean(values: Tensor) -> float:
+        return float(values[valid].double().mean()) if bool(valid.any()) else float("nan")
+
+    out = {"precision_at_1": mean(hit_at_1)}
+    for kk in ks:
+        out[f"recall_at_{kk}"] = mean(hit_at[kk])
+    out["r_precision"] = mean(r_prec)
+    out["map_at_r"] = mean(ap_r)
+    num_classes = int(torch.unique(q_ids).numel())
+    out["nmi"] = normalized_mutual_info(q_ids, kmeans(q, num_classes, seed=nmi_seed))
+    return out

@@ -1,0 +1,97 @@
+"""A paper's metadata and claims: ``papers/<slug>/paper.yaml``, validated.
+
+The claims are the paper's own statements, each checked against our runs by the report:
+an ordering ``better > worse`` on one metric, per dataset, with the verdict computed from the
+95% interval of the per-seed difference. Headline numbers are the paper's figures on its own
+benchmarks, shown beside ours with the difference in scale stated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from common.config import ConfigError, _format_validation_error
+
+PAPERS_ROOT = Path(__file__).resolve().parent.parent / "papers"
+
+
+class Claim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    text: str
+    metric: str
+    better: str
+    worse: str
+    datasets: list[str] | None = None  # None: every dataset of the paper
+    paper_evidence: str = ""  # what the paper reports for it
+
+
+class Headline(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    metric: str
+    value: float
+    previous_best: float | None = None
+    setup: str
+    ours_dataset: str  # which of our datasets stands beside it
+    ours_metric: str
+    ours_method: str
+
+
+class PaperMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slug: str
+    title: str
+    authors: str
+    venue: str
+    arxiv: str
+    code: str | None = None
+    summary: str
+    scale_note: str
+    headline: list[Headline] = []
+    claims: list[Claim]
+
+
+def load_paper(slug: str, root: Path = PAPERS_ROOT) -> PaperMeta:
+    path = root / slug / "paper.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.parent.name for p in root.glob("*/paper.yaml")))
+        raise ConfigError(f"{path}: no such paper; papers with a paper.yaml: {known or 'none'}")
+    try:
+        meta = PaperMeta.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(str(path), err)) from err
+    if meta.slug != slug:
+        raise ConfigError(f"{path}: slug {meta.slug!r} differs from its folder name {slug!r}")
+    return meta
+
+
+def check_claims(meta: PaperMeta, methods: set[str], datasets: set[str]) -> None:
+    """Every claim and headline names methods and datasets that the paper's params section has."""
+    where = f"papers/{meta.slug}/paper.yaml"
+    for claim in meta.claims:
+        for role in ("better", "worse"):
+            name = getattr(claim, role)
+            if name not in methods:
+                raise ConfigError(
+                    f"{where}: claim {claim.id!r}: {role} method {name!r} is not in params.yaml "
+                    f"{meta.slug}.methods ({', '.join(sorted(methods))})"
+                )
+        for dataset in claim.datasets or []:
+            if dataset not in datasets:
+                raise ConfigError(
+                    f"{where}: claim {claim.id!r}: dataset {dataset!r} not in {sorted(datasets)}"
+                )
+    for row in meta.headline:
+        if row.ours_method not in methods or row.ours_dataset not in datasets:
+            raise ConfigError(
+                f"{where}: headline {row.dataset}: ours_method {row.ours_method!r} / ours_dataset "
+                f"{row.ours_dataset!r} must be among {sorted(methods)} / {sorted(datasets)}"
+            )
+
+
+def all_papers(root: Path = PAPERS_ROOT) -> list[str]:
+    return sorted(p.parent.name for p in root.glob("*/paper.yaml"))

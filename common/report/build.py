@@ -1,0 +1,256 @@
+"""``report@<paper>``: run records -> ``reports/<paper>.md`` (+ figures and a JSON summary).
+
+Numbers are aggregated over seeds as mean ± half-width of the Student-t 95% interval. Each claim
+"A > B" is judged on the per-seed paired difference (same seed = same initialization and the same
+batches for both methods), which is what the seeds control for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, resolve_runs
+from common.paper import PaperMeta, check_claims, load_paper
+from common.records import read_paper_records
+from common.report import plots
+from common.report.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Interval, mean_ci, verdict
+
+METRIC_NAMES = {
+    "precision_at_1": "P@1",
+    "recall_at_1": "R@1",
+    "recall_at_2": "R@2",
+    "recall_at_4": "R@4",
+    "recall_at_8": "R@8",
+    "r_precision": "R-Prec",
+    "map_at_r": "MAP@R",
+    "nmi": "NMI",
+}
+TABLE_METRICS = ["recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "r_precision", "nmi"]
+DATASET_NOTES = {
+    "omniglot": "class-disjoint: trained on 5 background alphabets (136 characters), retrieval among the "
+    "2120 images of 106 unseen characters (3 other alphabets)",
+    "fashion_mnist": "trained on the training set, retrieval among the 10,000 test images (the same 10 classes)",
+}
+
+
+def _metric_name(key: str) -> str:
+    return METRIC_NAMES.get(key, key)
+
+
+def _group(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for record in records:
+        groups[(record["dataset"], record["method"])].append(record)
+    for members in groups.values():
+        members.sort(key=lambda r: r["seed"])
+    return groups
+
+
+def _paired_difference(better: list[dict], worse: list[dict], metric: str) -> Interval:
+    worse_by_seed = {r["seed"]: r["metrics"][metric] for r in worse}
+    diffs = [r["metrics"][metric] - worse_by_seed[r["seed"]] for r in better if r["seed"] in worse_by_seed]
+    return mean_ci(diffs)
+
+
+def evaluate_claims(meta: PaperMeta, groups: dict, datasets: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for claim in meta.claims:
+        for dataset in claim.datasets or datasets:
+            better, worse = groups.get((dataset, claim.better), []), groups.get((dataset, claim.worse), [])
+            if not better or not worse:
+                rows.append(
+                    {"claim": claim.id, "dataset": dataset, "verdict": INCONCLUSIVE, "why": "no runs"}
+                )
+                continue
+            diff = _paired_difference(better, worse, claim.metric)
+            rows.append(
+                {
+                    "claim": claim.id,
+                    "text": claim.text,
+                    "dataset": dataset,
+                    "metric": claim.metric,
+                    "better": mean_ci([r["metrics"][claim.metric] for r in better]).__dict__,
+                    "worse": mean_ci([r["metrics"][claim.metric] for r in worse]).__dict__,
+                    "difference": diff.__dict__,
+                    "verdict": verdict(diff),
+                    "paper_evidence": claim.paper_evidence,
+                }
+            )
+    return rows
+
+
+def _fmt(interval: dict[str, float]) -> str:
+    return Interval(**interval).format()
+
+
+def build_report(
+    slug: str,
+    records_root: Path = Path("records"),
+    reports_root: Path = Path("reports"),
+    params_path: Path = Path("params.yaml"),
+) -> Path:
+    meta = load_paper(slug)
+    runs = resolve_runs(slug, params_path)
+    datasets = list(dict.fromkeys(r.dataset for r in runs))
+    methods = list(dict.fromkeys(r.method for r in runs))
+    check_claims(meta, set(methods), set(datasets))
+    records = read_paper_records(records_root, slug)
+    planned = {(r.dataset, r.method, r.seed, r.config_hash()) for r in runs}
+    found = {(r["dataset"], r["method"], r["seed"], r["config_hash"]) for r in records}
+    if planned != found:
+        missing = sorted(planned - found)[:5]
+        raise ConfigError(
+            f"records/{slug} does not match params.yaml (missing or stale runs, e.g. {missing}); "
+            f"run `dvc repro run@{slug}` first"
+        )
+    groups = _group(records)
+    claims = evaluate_claims(meta, groups, datasets)
+    profile = runs[0].profile
+    figures = reports_root / "figures" / slug
+    plots.recall_at_k_curves(groups, datasets, figures / "recall_at_k.png")
+    plots.similarity_histograms(groups, datasets, figures / "similarities.png")
+    plots.training_curves(groups, datasets, figures / "training_loss.png")
+
+    commits = sorted({r["provenance"]["git_commit"] for r in records})
+    dirty = any(str(r["provenance"]["git_dirty"]) == "True" for r in records)
+    hardware = sorted({r["provenance"]["hardware"] for r in records})
+    world_sizes = sorted({int(r["provenance"]["world_size"]) for r in records})
+    counts = {v: sum(c["verdict"] == v for c in claims) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
+    seeds = sorted({r["seed"] for r in records})
+    first = runs[0]
+
+    lines = [
+        f"# {meta.title}",
+        "",
+        f"{meta.authors}, {meta.venue}. [{meta.arxiv}]({meta.arxiv})"
+        + (f" · official code: [{meta.code}]({meta.code})" if meta.code else ""),
+        "",
+        "## Summary",
+        "",
+        f"{meta.summary} We trained {len(methods)} methods ({', '.join(groups[(datasets[0], m)][0]['label'] for m in methods)}) "
+        f"with the same backbone ({first.model.name}, {first.model.kwargs.get('embedding_dim', '')}-d embedding), "
+        f"sampler, optimizer, augmentation and budget ({first.epochs} epochs x {first.batches_per_epoch} batches) on "
+        f"{', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`. "
+        f"Of {len(claims)} claim checks, {counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not reproduced and "
+        f"{counts[INCONCLUSIVE]} inconclusive. {meta.scale_note}",
+        "",
+        "## Results",
+        "",
+        f"Mean ± 95% confidence interval (Student t) over seeds {seeds}, in %. "
+        "R@K: share of queries with a same-class item among the K nearest (R@1 = P@1); MAP@R and R-Prec as in "
+        "Musgrave et al. (2020); NMI of k-means on the test embeddings.",
+    ]
+    for dataset in datasets:
+        lines += ["", f"### {dataset}", "", DATASET_NOTES.get(dataset, ""), ""]
+        lines.append("| method | " + " | ".join(_metric_name(m) for m in TABLE_METRICS) + " | MLflow runs |")
+        lines.append("|---|" + "---|" * (len(TABLE_METRICS) + 1))
+        for method in methods:
+            members = groups[(dataset, method)]
+            cells = [mean_ci([r["metrics"][m] for r in members]).format() for m in TABLE_METRICS]
+            run_ids = ", ".join(f"`{r['provenance']['mlflow_run_id'][:8]}`" for r in members)
+            lines.append(f"| {members[0]['label']} | " + " | ".join(cells) + f" | {run_ids} |")
+
+    lines += [
+        "",
+        "## Claims",
+        "",
+        "Verdict from the 95% interval of the per-seed difference (better - worse): "
+        "reproduced if above 0, not reproduced if below 0, inconclusive if it contains 0.",
+        "",
+    ]
+    lines.append("| claim | dataset | metric | better | worse | difference | verdict | the paper |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for c in claims:
+        if "difference" not in c:
+            lines.append(f"| {c['claim']} | {c['dataset']} | | | | | {c['verdict']} ({c['why']}) | |")
+            continue
+        lines.append(
+            f"| {c['text']} | {c['dataset']} | {_metric_name(c['metric'])} | {_fmt(c['better'])} | {_fmt(c['worse'])} "
+            f"| {_fmt(c['difference'])} | **{c['verdict']}** | {c['paper_evidence']} |"
+        )
+
+    if meta.headline:
+        lines += ["", "## The paper's headline numbers beside ours", ""]
+        lines.append(
+            "| paper: dataset | paper: metric | paper | previous best | paper's setup | ours (dataset, method) | ours |"
+        )
+        lines.append("|---|---|---|---|---|---|---|")
+        for h in meta.headline:
+            members = groups[(h.ours_dataset, h.ours_method)]
+            ours = mean_ci([r["metrics"][h.ours_metric] for r in members]).format()
+            lines.append(
+                f"| {h.dataset} | {h.metric} | {h.value:.1f} | {h.previous_best if h.previous_best is not None else ''} "
+                f"| {h.setup} | {h.ours_dataset}, {members[0]['label']} ({_metric_name(h.ours_metric)}) | {ours} |"
+            )
+        lines += ["", f"Not comparable as numbers: {meta.scale_note}"]
+
+    lines += [
+        "",
+        "## Figures",
+        "",
+        f"![Recall@K](figures/{slug}/recall_at_k.png)",
+        "",
+        "Recall@K, mean and 95% interval over seeds.",
+        "",
+        f"![Similarity histograms](figures/{slug}/similarities.png)",
+        "",
+        "Cosine similarities of positive and negative test pairs (a fixed subset of 2000 test embeddings, "
+        "densities averaged over seeds).",
+        "",
+        f"![Training loss](figures/{slug}/training_loss.png)",
+        "",
+        "Training loss per epoch, relative to the first epoch, mean over seeds.",
+        "",
+        "## Provenance",
+        "",
+        f"- regenerate: `dvc repro report@{slug}` (runs `run@{slug}` first if its code, params or data changed)",
+        f"- profile `{profile}`; hardware: {'; '.join(hardware)}; world size {', '.join(map(str, world_sizes))}",
+        f"- git commit(s) of the runs: {', '.join(f'`{c[:10]}`' for c in commits)}"
+        + (" (**uncommitted changes in the code at run time**)" if dirty else " (clean)"),
+        f"- run records: `records/{slug}/<dataset>/<method>/seed<k>.json` (metrics, history, provenance); "
+        f"MLflow experiment `{slug}`; audit a number with `repro audit reports/{slug}.md`",
+        "",
+    ]
+    reports_root.mkdir(parents=True, exist_ok=True)
+    report_path = reports_root / f"{slug}.md"
+    report_path.write_text("\n".join(lines))
+    summary = {
+        "slug": slug,
+        "title": meta.title,
+        "profile": profile,
+        "seeds": seeds,
+        "claims": claims,
+        "commits": commits,
+        "dirty": dirty,
+    }
+    (reports_root / f"{slug}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return report_path
+
+
+def build_index(reports_root: Path = Path("reports")) -> Path:
+    """``reports/README.md``: every paper with its claim verdicts."""
+    lines = [
+        "# Reports",
+        "",
+        "Generated by `dvc repro`; one report per replicated paper. Verdicts count the claim checks "
+        "(claim x dataset).",
+        "",
+        "| paper | profile | seeds | reproduced | not reproduced | inconclusive | claims |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for summary_path in sorted(reports_root.glob("*.json")):
+        s = json.loads(summary_path.read_text())
+        n = {
+            v: sum(c["verdict"] == v for c in s["claims"]) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+        }
+        details = "; ".join(f"{c['claim']} ({c['dataset']}): {c['verdict']}" for c in s["claims"])
+        lines.append(
+            f"| [{s['title']}]({s['slug']}.md) | {s['profile']} | {len(s['seeds'])} | {n[REPRODUCED]} "
+            f"| {n[NOT_REPRODUCED]} | {n[INCONCLUSIVE]} | {details} |"
+        )
+    path = reports_root / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

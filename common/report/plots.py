@@ -1,0 +1,105 @@
+"""Report figures: Recall@K curves with intervals, similarity histograms, training curves."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common.report.stats import mean_ci  # noqa: E402
+
+# Fixed metadata so the PNG bytes depend only on the data (stable DVC outputs).
+_PNG_METADATA = {"Software": None}
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata=_PNG_METADATA)
+    plt.close(fig)
+
+
+def recall_at_k_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.8), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for (ds, _method), records in sorted(groups.items()):
+            if ds != dataset:
+                continue
+            ks = sorted(
+                int(k.removeprefix("recall_at_")) for k in records[0]["metrics"] if k.startswith("recall_at_")
+            )
+            intervals = [mean_ci([r["metrics"][f"recall_at_{k}"] for r in records]) for k in ks]
+            means = [100 * i.mean for i in intervals]
+            errors = [0 if i.n < 2 else 100 * i.half_width for i in intervals]
+            ax.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=records[0]["label"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("K")
+        ax.set_ylabel("Recall@K (%)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def similarity_histograms(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
+    methods = sorted({m for _, m in groups})
+    fig, axes = plt.subplots(
+        len(datasets),
+        len(methods),
+        figsize=(3.2 * len(methods), 2.6 * len(datasets)),
+        squeeze=False,
+        sharex=True,
+    )
+    for row, dataset in enumerate(datasets):
+        for col, method in enumerate(methods):
+            ax = axes[row][col]
+            records = groups.get((dataset, method), [])
+            if not records:
+                ax.set_axis_off()
+                continue
+            edges = records[0]["similarity_histograms"]["edges"]
+            centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+            width = edges[1] - edges[0]
+            for kind, color in (("negative", "tab:red"), ("positive", "tab:blue")):
+                density = [
+                    sum(v) / len(records)
+                    for v in zip(*(r["similarity_histograms"][kind] for r in records), strict=True)
+                ]
+                ax.bar(centers, density, width=width, alpha=0.55, color=color, label=f"{kind} pairs")
+            ax.set_title(f"{records[0]['label']} / {dataset}", fontsize=9)
+            ax.set_xlabel("cosine similarity")
+            if col == 0:
+                ax.set_ylabel("density")
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def training_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for (ds, _), records in sorted(groups.items()):
+            if ds != dataset:
+                continue
+            by_epoch: dict[int, list[float]] = defaultdict(list)
+            for record in records:
+                first = record["history"][0]["train_loss"] or 1.0
+                for entry in record["history"]:
+                    by_epoch[int(entry["epoch"])].append(entry["train_loss"] / first)
+            epochs = sorted(by_epoch)
+            ax.plot(
+                epochs,
+                [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs],
+                marker=".",
+                label=records[0]["label"],
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("train loss / first-epoch loss")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,63 @@
+"""Seed aggregation: means with Student-t 95% confidence intervals, and claim verdicts from them."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import stats
+
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    half_width: float  # nan with fewer than two values
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    def format(self, scale: float = 100.0, digits: int = 1) -> str:
+        if self.n == 0:
+            return "n/a"
+        if math.isnan(self.half_width):
+            return f"{self.mean * scale:.{digits}f} (n=1)"
+        return f"{self.mean * scale:.{digits}f} ± {self.half_width * scale:.{digits}f}"
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean and half-width of the two-sided Student-t interval over seeds."""
+    n = len(values)
+    if n == 0:
+        return Interval(math.nan, math.nan, 0)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Interval(mean, math.nan, 1)
+    sd = statistics.stdev(values)
+    return Interval(mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n), n)
+
+
+def verdict(difference: Interval) -> str:
+    """Verdict on a claim "A > B" from the interval of the per-seed difference A - B.
+
+    Reproduced if the whole interval is above zero, not reproduced if it is wholly below (the
+    opposite ordering, also significant), inconclusive if it contains zero or has too few seeds.
+    """
+    if difference.n < 2 or math.isnan(difference.half_width):
+        return INCONCLUSIVE
+    if difference.low > 0:
+        return REPRODUCED
+    if difference.high < 0:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE

@@ -1,0 +1,188 @@
+"""One paper's ``run`` stage: every (dataset, method, seed) run of the active profile.
+
+Before any compute, every run's config is resolved and validated and the prepared data is found.
+Then, for each run: a record with the same config hash means the run is done and is skipped; else
+the run trains (resuming from its checkpoint if an earlier attempt died), logs to MLflow and writes
+its record. Records of runs no longer in the plan are removed, so the records match params.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from common import samplers
+from common.config import ConfigError, RunConfig, resolve_runs
+from common.data.loading import data_fingerprint, load_prepared
+from common.engine.trainer import SplitTensors, fit_and_evaluate, to_model_input
+from common.paper import check_claims, load_paper
+from common.records import read_record, record_path, write_record
+from common.tracking import RunTracker, mark_abandoned
+from common.tracking.provenance import git_commit, git_dirty, hardware, versions
+
+PREPARED_ROOT = Path("data/prepared")
+CHECKPOINTS_ROOT = Path("checkpoints")
+ATTEMPTS_FILE = "mlflow_attempts.json"
+
+
+def _subset(n: int, limit: int | None) -> torch.Tensor:
+    """A fixed random subset (the same for every method and seed), or everything."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+
+
+@cache
+def _load_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_prepared(path, split)
+
+
+def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, SplitTensors]:
+    path = prepared_root / run.dataset
+    train_images, train_labels = _load_split(path, "train")
+    test_images, test_labels = _load_split(path, "test")
+    keep = _subset(len(train_labels), run.train_limit)
+    train_images, train_labels = train_images[keep], train_labels[keep]
+    keep = _subset(len(test_labels), run.eval.max_items)
+    test_images, test_labels = test_images[keep], test_labels[keep]
+    pixels = train_images.float().div(255.0)
+    mean, std = float(pixels.mean()), float(pixels.std())
+    return (
+        SplitTensors(to_model_input(train_images, run.image_size, mean, std), train_labels),
+        SplitTensors(to_model_input(test_images, run.image_size, mean, std), test_labels),
+    )
+
+
+def _checkpoint_dir(root: Path, run: RunConfig) -> Path:
+    return root / run.paper / run.dataset / run.method / f"seed{run.seed}-{run.config_hash()}"
+
+
+def _is_done(path: Path, run: RunConfig) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return read_record(path)["config_hash"] == run.config_hash()
+    except (ValueError, KeyError):
+        return False
+
+
+def run_paper(
+    paper: str,
+    dataset: str | None = None,
+    params_path: Path = Path("params.yaml"),
+    profile: str | None = None,
+    records_root: Path = Path("records"),
+    prepared_root: Path = PREPARED_ROOT,
+    checkpoints_root: Path = CHECKPOINTS_ROOT,
+) -> list[Path]:
+    runs = resolve_runs(paper, params_path, profile)
+    check_claims(load_paper(paper), {r.method for r in runs}, {r.dataset for r in runs})
+    if dataset is not None:
+        datasets = sorted({r.dataset for r in runs})
+        if dataset not in datasets:
+            raise ConfigError(f"{params_path}: {paper}.datasets has no {dataset!r}; it has {datasets}")
+        runs = [r for r in runs if r.dataset == dataset]
+    for name in sorted({r.dataset for r in runs}):
+        data_fingerprint(prepared_root / name)  # fails now, with how to prepare it, if missing
+    for run in runs:  # a batch the sampler cannot fill fails now, not after the first runs trained
+        labels = _load_split(prepared_root / run.dataset, "train")[1]
+        samplers.build(
+            run.sampler.name, labels=labels[_subset(len(labels), run.train_limit)], **run.sampler.kwargs
+        )
+
+    accelerator = Accelerator()
+    main = accelerator.is_main_process
+    planned = {record_path(records_root, paper, r.dataset, r.method, r.seed) for r in runs}
+    if main:
+        for stale in (records_root / paper).glob(f"{dataset or '*'}/*/seed*.json"):
+            if stale not in planned:
+                stale.unlink()
+
+    commit, dirty = git_commit(), git_dirty()
+    todo = [r for r in runs if not _is_done(record_path(records_root, paper, r.dataset, r.method, r.seed), r)]
+    if main:
+        print(
+            f"{paper}{'/' + dataset if dataset else ''}: {len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run"
+        )
+    for run in tqdm(todo, desc=f"{paper} runs", disable=not main):
+        path = record_path(records_root, paper, run.dataset, run.method, run.seed)
+        checkpoint_dir = _checkpoint_dir(checkpoints_root, run)
+        attempts_file = checkpoint_dir / ATTEMPTS_FILE
+        earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
+        if main:
+            for run_id in earlier:
+                mark_abandoned(run_id)
+        train, test = load_run_data(run, prepared_root)
+        fingerprint = data_fingerprint(prepared_root / run.dataset)
+        tags = {
+            "paper": paper,
+            "method": run.method,
+            "dataset": run.dataset,
+            "seed": run.seed,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "dvc_stage": f"run@{paper}",
+            "params_hash": run.config_hash(),
+            "data_fingerprint": fingerprint,
+            "profile": run.profile,
+            "device": str(accelerator.device),
+            "world_size": accelerator.num_processes,
+            "hardware": hardware(),
+            **{f"version.{k}": v for k, v in versions().items()},
+        }
+        if earlier:
+            tags["resumed_from"] = earlier[-1]
+        started = time.perf_counter()
+        run_name = f"{run.method}/{run.dataset}/seed{run.seed}"
+        with RunTracker(paper, run_name, run.model_dump(mode="json"), tags, enabled=main) as tracker:
+            if main:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                attempts_file.write_text(json.dumps([*earlier, tracker.run_id]))
+            result = fit_and_evaluate(
+                run,
+                train,
+                test,
+                checkpoint_dir,
+                accelerator,
+                on_epoch=lambda m, e: tracker.log_metrics(m, step=e),
+            )
+            if main:
+                tracker.log_metrics(result.metrics, step=run.epochs)
+                record = {
+                    "paper": paper,
+                    "dataset": run.dataset,
+                    "method": run.method,
+                    "label": run.label,
+                    "seed": run.seed,
+                    "config": run.model_dump(mode="json"),
+                    "config_hash": run.config_hash(),
+                    "metrics": result.metrics,
+                    "history": result.history,
+                    "similarity_histograms": result.similarity_histograms,
+                    "provenance": {
+                        **{k: v for k, v in tags.items() if not k.startswith("version.")},
+                        "mlflow_run_id": tracker.run_id,
+                        "mlflow_experiment": paper,
+                        "earlier_attempts": earlier,
+                        "resumed_from_epoch": result.resumed_from_epoch,
+                        "versions": versions(),
+                        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "duration_s": round(time.perf_counter() - started, 2),
+                    },
+                }
+                write_record(path, record)
+                tracker.log_artifact(str(path), "record")
+        if main:  # the record holds the result; keep only this config's final checkpoint
+            for other in checkpoint_dir.parent.glob(f"seed{run.seed}-*"):
+                if other != checkpoint_dir:
+                    shutil.rmtree(other)
+    accelerator.wait_for_everyone()
+    return sorted(planned)

@@ -1,0 +1,100 @@
+"""The m-per-class batch sampler of deep metric learning.
+
+Every batch holds ``classes_per_batch`` distinct classes and ``samples_per_class`` samples of
+each, so that every anchor has positives (Wang et al. 2019 use it for the MS loss; Musgrave et al.
+2020 for every method they compare). An epoch is a fixed number of batches, ``batches_per_epoch``,
+so that its length does not depend on the class counts.
+
+Distributed mode (``world_size > 1``): all ranks draw the same ``classes_per_batch * world_size``
+classes per step from a generator seeded by (seed, epoch), and rank ``r`` takes the ``r``-th slice,
+so the ranks see different classes and the global batch has ``classes_per_batch * world_size``
+classes, as one process with the larger batch would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+from common.registry import Registry
+
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+
+
+class SamplerError(ValueError):
+    """A batch composition that the labels cannot supply."""
+
+
+@SAMPLERS.register("m_per_class")
+class MPerClassBatchSampler(Sampler[list[int]]):
+    def __init__(
+        self,
+        labels: Sequence[int] | torch.Tensor,
+        classes_per_batch: int = 16,
+        samples_per_class: int = 4,
+        batches_per_epoch: int = 100,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        for key, value in (
+            ("classes_per_batch", classes_per_batch),
+            ("samples_per_class", samples_per_class),
+            ("batches_per_epoch", batches_per_epoch),
+            ("world_size", world_size),
+        ):
+            if value < 1:
+                raise SamplerError(f"{key} must be >= 1, got {value}")
+        if not 0 <= rank < world_size:
+            raise SamplerError(f"rank must be in [0, {world_size}), got {rank}")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        classes, counts = torch.unique(labels, return_counts=True)
+        needed = classes_per_batch * world_size
+        if len(classes) < needed:
+            raise SamplerError(
+                f"m_per_class: a batch needs {classes_per_batch} classes x {world_size} process(es) = {needed} "
+                f"distinct classes, but the labels have {len(classes)}; lower classes_per_batch"
+            )
+        self.classes = classes
+        order = torch.argsort(labels, stable=True)
+        self.class_indices = list(torch.split(order, counts.tolist()))
+        self.classes_per_batch = classes_per_batch
+        self.samples_per_class = samples_per_class
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.samples_per_class
+
+    def set_epoch(self, epoch: int) -> None:
+        """Each epoch draws a different, reproducible sequence of batches."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # One generator shared by all ranks (same seed): same class draw, different slices.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        m = self.samples_per_class
+        lo, hi = self.rank * self.classes_per_batch, (self.rank + 1) * self.classes_per_batch
+        for _ in range(self.batches_per_epoch):
+            drawn = torch.randperm(len(self.classes), generator=generator)[
+                : self.classes_per_batch * self.world_size
+            ]
+            picks = []
+            for position, class_pos in enumerate(drawn.tolist()):
+                members = self.class_indices[class_pos]
+                if len(members) >= m:
+                    chosen = members[torch.randperm(len(members), generator=generator)[:m]]
+                else:  # a class smaller than m is sampled with replacement
+                    chosen = members[torch.randint(len(members), (m,), generator=generator)]
+                if lo <= position < hi:
+                    picks.append(chosen)
+            yield torch.cat(picks).tolist()

@@ -1,0 +1,127 @@
+"""A paper's run stage in-process on tiny data: records, MLflow runs, skipping, the NaN guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from common.engine.trainer import NonFiniteLossError
+from common.records import read_paper_records
+from common.runner import run_paper
+from tests.conftest import REPO
+
+
+def tiny_params(tmp_path: Path, edit=None, **budget) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    smoke = params["multi_similarity"]["profiles"]["smoke"]
+    smoke.update({"seeds": [0], "epochs": 2, "batches_per_epoch": 2, "train_limit": None, **budget})
+    smoke["eval"] = {"max_items": None, "histogram_pairs": 100}
+    params["multi_similarity"]["datasets"]["fashion_mnist"]["sampler"]["classes_per_batch"] = 6
+    params["multi_similarity"]["datasets"]["omniglot"]["sampler"]["classes_per_batch"] = 6
+    if edit:
+        edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_runs_write_records_and_mlflow_runs_then_skip(tmp_path, tiny_prepared, mlflow_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path)
+    run_paper("multi_similarity", "omniglot", params_path=params, prepared_root=tiny_prepared)
+    records = read_paper_records(Path("records"), "multi_similarity")
+    assert {(r["dataset"], r["method"], r["seed"]) for r in records} == {
+        ("omniglot", m, 0) for m in ("multi_similarity", "ms_no_mining", "contrastive", "triplet")
+    }
+    client = MlflowClient(mlflow_store)
+    experiment = client.get_experiment_by_name("multi_similarity")
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    assert len(runs) == 4
+    for record in records:
+        run = runs[record["provenance"]["mlflow_run_id"]]
+        assert run.info.status == "FINISHED"
+        for tag in (
+            "git_commit",
+            "git_dirty",
+            "dvc_stage",
+            "params_hash",
+            "data_fingerprint",
+            "profile",
+            "device",
+            "world_size",
+            "version.torch",
+            "hardware",
+        ):
+            assert tag in run.data.tags, tag
+        assert run.data.tags["params_hash"] == record["config_hash"]
+        assert run.data.tags["dvc_stage"] == "run@multi_similarity"
+        assert run.data.params["loss.name"] == record["config"]["loss"]["name"]
+        assert run.data.metrics["recall_at_1"] == pytest.approx(record["metrics"]["recall_at_1"])
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert [m.step for m in history] == [1, 2]
+        assert 0.0 <= record["metrics"]["map_at_r"] <= record["metrics"]["r_precision"] + 1e-9 <= 1.0 + 1e-9
+
+    mtimes = {p: p.stat().st_mtime_ns for p in Path("records").rglob("*.json")}
+    run_paper("multi_similarity", "omniglot", params_path=params, prepared_root=tiny_prepared)
+    assert {p: p.stat().st_mtime_ns for p in Path("records").rglob("*.json")} == mtimes, (
+        "done runs were rerun"
+    )
+    assert len(client.search_runs([experiment.experiment_id])) == 4
+
+
+def test_a_changed_method_reruns_only_that_method_and_drops_removed_ones(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    run_paper(
+        "multi_similarity", "fashion_mnist", params_path=tiny_params(tmp_path), prepared_root=tiny_prepared
+    )
+    before = {p: json.loads(p.read_text())["config_hash"] for p in Path("records").rglob("*.json")}
+
+    def edit(params):
+        params["multi_similarity"]["methods"]["triplet"]["loss"]["margin"] = 0.2
+
+    run_paper(
+        "multi_similarity",
+        "fashion_mnist",
+        params_path=tiny_params(tmp_path, edit),
+        prepared_root=tiny_prepared,
+    )
+    after = {p: json.loads(p.read_text())["config_hash"] for p in Path("records").rglob("*.json")}
+    changed = {p.parent.name for p in before if before[p] != after[p]}
+    assert changed == {"triplet"}
+
+
+def test_a_nan_loss_stops_the_run_and_marks_it_failed(tmp_path, tiny_prepared, mlflow_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def edit(params):
+        params["multi_similarity"]["train"]["optimizer"]["lr"] = 1e30  # diverges at once
+
+    with pytest.raises(NonFiniteLossError, match="the loss is"):
+        run_paper(
+            "multi_similarity",
+            "fashion_mnist",
+            params_path=tiny_params(tmp_path, edit, epochs=3, batches_per_epoch=5),
+            prepared_root=tiny_prepared,
+        )
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("multi_similarity").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "NonFiniteLossError" in runs[0].data.tags["error"]
+    assert not list(Path("records").rglob("*.json"))
+
+
+def test_missing_prepared_data_fails_before_compute(tmp_path, mlflow_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from common.data.sources import DataSourceError
+
+    with pytest.raises(DataSourceError, match="dvc repro prepare@omniglot"):
+        run_paper(
+            "multi_similarity", "omniglot", params_path=tiny_params(tmp_path), prepared_root=tmp_path / "none"
+        )

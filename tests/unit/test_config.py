@@ -1,0 +1,86 @@
+"""params.yaml validation: bad input fails before compute, with the key in the message."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import ConfigError, resolve_runs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _params(tmp_path: Path, edit) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_the_committed_params_resolve_for_every_profile():
+    for profile in ("smoke", "cpu", "gpu"):
+        runs = resolve_runs("multi_similarity", REPO / "params.yaml", profile)
+        methods = {r.method for r in runs}
+        assert {"multi_similarity", "contrastive", "triplet"} <= methods
+        # fair comparison: everything but the loss is shared within a dataset
+        for dataset in {r.dataset for r in runs}:
+            shared = {
+                r.model_dump_json(exclude={"method", "label", "loss", "seed"})
+                for r in runs
+                if r.dataset == dataset
+            }
+            assert len(shared) == 1
+        if profile != "smoke":
+            assert all(
+                len([r for r in runs if r.dataset == d and r.method == m]) >= 3
+                for d in {r.dataset for r in runs}
+                for m in methods
+            )
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda p: p["multi_similarity"]["methods"]["triplet"]["loss"].update(name="tripplet"),
+            "unknown loss 'tripplet'",
+        ),
+        (
+            lambda p: p["multi_similarity"]["methods"]["triplet"]["loss"].update(margn=0.1),
+            "does not accept 'margn'",
+        ),
+        (lambda p: p["multi_similarity"]["methods"]["multi_similarity"]["loss"].update(alpha=-1), "alpha"),
+        (
+            lambda p: p["multi_similarity"]["train"]["model"].update(name="resnet999"),
+            "unknown model 'resnet999'",
+        ),
+        (lambda p: p["multi_similarity"]["train"]["optimizer"].update(lr=-0.1), "lr must be > 0"),
+        (lambda p: p["multi_similarity"]["profiles"]["cpu"].update(epochs="three"), "epochs"),
+        (lambda p: p["multi_similarity"]["profiles"]["cpu"].update(epochs=0), "epochs"),
+        (
+            lambda p: p["multi_similarity"]["profiles"]["cpu"].update(seeds=[]),
+            "seeds must be a non-empty list",
+        ),
+        (lambda p: p["multi_similarity"]["datasets"].update(cifar={}), "unknown dataset"),
+        (lambda p: p["multi_similarity"]["methods"]["triplet"].update(epochs=9), "may set only 'loss'"),
+        (lambda p: p["multi_similarity"]["train"]["sampler"].update(name="nope"), "unknown sampler 'nope'"),
+        (lambda p: p.update(profile="tpu"), "profile"),
+        (lambda p: p["multi_similarity"]["train"].update(augment="rotate"), "augment"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, edit, expected):
+    with pytest.raises(ConfigError, match=expected):
+        resolve_runs("multi_similarity", _params(tmp_path, edit))
+
+
+def test_missing_params_file_and_section(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_runs("multi_similarity", tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="no section 'nopaper'"):
+        resolve_runs("nopaper", REPO / "params.yaml")
+
+
+def test_config_hash_changes_with_any_setting():
+    runs = resolve_runs("multi_similarity", REPO / "params.yaml", "cpu")
+    assert len({r.config_hash() for r in runs}) == len(runs)

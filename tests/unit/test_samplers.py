@@ -1,0 +1,78 @@
+"""The m-per-class sampler, by its invariants."""
+
+import pytest
+import torch
+
+from common.samplers import MPerClassBatchSampler, SamplerError, build
+
+
+def _labels(num_classes: int = 12, per_class: int = 7) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.arange(num_classes).repeat_interleave(per_class)[
+        torch.randperm(num_classes * per_class, generator=generator)
+    ]
+
+
+def test_every_batch_has_p_classes_of_m_samples():
+    labels = _labels()
+    sampler = MPerClassBatchSampler(
+        labels, classes_per_batch=4, samples_per_class=3, batches_per_epoch=25, seed=1
+    )
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 25
+    for batch in batches:
+        assert len(batch) == sampler.batch_size == 12
+        assert len(set(batch)) == 12, "a sample appears twice in a batch"
+        classes, counts = torch.unique(labels[batch], return_counts=True)
+        assert len(classes) == 4 and counts.tolist() == [3, 3, 3, 3]
+
+
+def test_small_classes_are_sampled_with_replacement():
+    labels = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    for batch in MPerClassBatchSampler(labels, classes_per_batch=3, samples_per_class=4, batches_per_epoch=5):
+        assert torch.bincount(labels[batch], minlength=3).tolist() == [4, 4, 4]
+
+
+def test_epochs_are_reproducible_and_differ():
+    labels = _labels()
+    a = MPerClassBatchSampler(labels, 4, 3, batches_per_epoch=10, seed=3)
+    b = MPerClassBatchSampler(labels, 4, 3, batches_per_epoch=10, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    c = MPerClassBatchSampler(labels, 4, 3, batches_per_epoch=10, seed=4)
+    c.set_epoch(2)
+    assert list(a) != list(c)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_draw_different_classes_and_together_form_the_global_batch(world_size):
+    labels = _labels(num_classes=12)
+    ranks = [
+        MPerClassBatchSampler(labels, 4, 2, batches_per_epoch=15, seed=5, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    for step_batches in zip(*(list(s) for s in ranks), strict=True):
+        class_sets = [set(labels[b].tolist()) for b in step_batches]
+        assert all(len(s) == 4 for s in class_sets)
+        union = set().union(*class_sets)
+        assert len(union) == 4 * world_size, "two ranks drew the same class in one step"
+
+
+def test_impossible_batches_fail_with_a_clear_message():
+    labels = _labels(num_classes=5)
+    with pytest.raises(SamplerError, match="needs 4 classes x 2 process"):
+        MPerClassBatchSampler(labels, classes_per_batch=4, samples_per_class=2, world_size=2)
+    with pytest.raises(SamplerError, match="samples_per_class must be >= 1"):
+        MPerClassBatchSampler(labels, classes_per_batch=2, samples_per_class=0)
+    with pytest.raises(SamplerError, match="rank"):
+        MPerClassBatchSampler(labels, classes_per_batch=2, rank=2, world_size=2)
+
+
+def test_built_by_name_from_the_registry():
+    sampler = build(
+        "m_per_class", labels=_labels(), classes_per_batch=3, samples_per_class=2, batches_per_epoch=4
+    )
+    assert isinstance(sampler, MPerClassBatchSampler) and len(list(sampler)) == 4
