@@ -133,6 +133,9 @@ def fit_and_evaluate(
     on_epoch: Callable[[dict[str, float], int], None] = lambda metrics, epoch: None,
 ) -> RunResult:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    # The accelerator keeps every model/optimizer it prepared and saves them all in save_state: start each
+    # run with none, so a checkpoint holds this run's objects only.
+    accelerator.free_memory()
     set_seed(run.seed)
     model = models.build(run.model.name, **run.model.kwargs)
     criterion = losses.build(run.loss.name, **run.loss.kwargs)

@@ -17,15 +17,15 @@ itself excluded in leave-one-out mode):
   CVPR 2019): fraction of queries with at least one same-label item among their K nearest
   neighbours. Recall@1 equals P@1.
 * ``r_precision``: R-Precision (Musgrave, Belongie and Lim, "A Metric Learning Reality Check",
-  ECCV 2020, sec. 3.3): for each query, the fraction of its R nearest neighbours that share its
-  label, averaged over queries.
-* ``map_at_r``: MAP@R (same paper, sec. 3.3): for each query,
+  ECCV 2020): for each query, the fraction of its R nearest neighbours that share its label,
+  averaged over queries.
+* ``map_at_r``: MAP@R (same paper): for each query,
   ``AP@R = (1/R) * sum_{i=1..R} P(i) * rel(i)``, where ``rel(i)`` is 1 if the i-th neighbour shares
   the query's label and ``P(i)`` is the precision among the first i neighbours; averaged over
   queries.
 * ``nmi``: normalised mutual information (arithmetic-mean normalisation, scikit-learn's default)
-  between the query labels and a k-means clustering of the query embeddings with as many clusters
-  as there are query labels.
+  between the query labels and a seeded k-means clustering (k-means++ then Lloyd, see ``kmeans``)
+  of the L2-normalised query embeddings with as many clusters as there are query labels.
 
 Queries with no relevant item (``R == 0``: a singleton class in leave-one-out mode, or a label
 absent from the reference set) have no defined R-Precision or MAP@R. As in
@@ -35,11 +35,18 @@ average over the same queries. A metric is ``nan`` when no query has a relevant 
 every query.
 
 Nearest neighbours are found in row chunks of ``chunk_size`` queries: each step holds a
-``chunk_size x n_reference`` block of similarities, keeps its top k (k = the largest of
-``max(ks)`` and the largest R) and drops the block, so the full similarity matrix never exists.
+``max(chunk_size, 16) x n_reference`` block of similarities (about 4 bytes each, plus a few bytes per
+entry of temporaries), keeps its top k (k = the largest of ``max(ks)`` and the largest R) and drops
+the block, so the full similarity matrix never exists. Lower ``chunk_size`` for huge galleries.
+Within a block, the top k is found exactly but without a ``torch.topk`` over whole rows: the k-th
+largest maximum of ``~3k`` strided column blocks is a threshold that at least k entries reach, and
+only the entries at or above it (a few more than k on real data) are ranked.
+
 Ties are broken deterministically: equal similarities are ordered by ascending reference index
-(exactly what a stable descending sort of each row gives), so results do not depend on the chunk
-size, the device's top-k implementation or run-to-run scheduling.
+(what a stable descending sort of each row gives), whatever the device's top-k does. Every GEMM has
+at least 16 rows (a short last chunk is zero-padded), because BLAS small-matrix kernels round
+differently; on CPU (MKL) each similarity is then bit-identical for any ``chunk_size``, so the
+chunk size cannot change a result.
 
 This module imports only torch and the standard library.
 """
@@ -47,6 +54,7 @@ This module imports only torch and the standard library.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -92,54 +100,77 @@ def _normalized_pair(query: Tensor, reference: Tensor | None) -> tuple[Tensor, T
 
 
 def _block_size(n_reference: int, k: int) -> int:
-    """Block width for the two-stage top-k; 1 means a plain top-k over the whole row.
-
-    Stage one takes the top k of the ``ceil(n/b)`` block maxima, stage two the top k of the
-    ``k * b`` entries of the chosen blocks; ``b = sqrt(n / k)`` balances the two.
-    """
-    if k <= 0 or n_reference < 8 * k:
+    """Block width for the thresholded top-k (about 3k blocks); 1 means a plain top-k of each row."""
+    if k <= 0 or n_reference < 16 * k:
         return 1
-    return max(1, math.isqrt(n_reference // k))
+    return n_reference // (3 * k)
 
 
-def _topk_rows(sims: Tensor, k: int, block: int) -> tuple[Tensor, Tensor]:
-    """Top k of each row of ``sims`` (descending; ties by ascending column).
-
-    Exact: with ``block > 1`` the k blocks with the largest maxima contain every element at least
-    as large as the k-th largest one. Rows where that is not unique (a tie at the block-maximum
-    or at the k-th value boundary) are redone with a stable sort of the whole row.
-    """
-    rows, width = sims.shape
-    if block == 1:
-        vals, cols = torch.topk(sims, k, dim=1)
-        ambiguous = torch.count_nonzero(sims >= vals[:, -1:], dim=1) > k
-    else:
-        num_blocks = width // block
-        block_max = sims.view(rows, num_blocks, block).amax(dim=2)
-        top_block_max, top_blocks = torch.topk(block_max, k, dim=1, sorted=False)
-        threshold = top_block_max.amin(dim=1, keepdim=True)
-        ambiguous = torch.count_nonzero(block_max >= threshold, dim=1) > k
-        offsets = torch.arange(block, device=sims.device)
-        cand_cols = (top_blocks.unsqueeze(2) * block + offsets).view(rows, k * block)
-        cand = torch.gather(sims, 1, cand_cols)
-        vals, pos = torch.topk(cand, k, dim=1)
-        cols = torch.gather(cand_cols, 1, pos)
-        ambiguous |= torch.count_nonzero(cand >= vals[:, -1:], dim=1) > k
-
-    if k > 1:
-        # equal values inside the top k: order them by column
-        tied = (vals[:, 1:] == vals[:, :-1]).any(dim=1) & ~ambiguous
+def _sorted_by_value_then_column(vals: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """Reorder rows of a top-k so that equal values are by increasing column (only rows with ties)."""
+    if vals.shape[1] > 1:
+        tied = (vals[:, 1:] == vals[:, :-1]).any(dim=1)
         if bool(tied.any()):
             t_cols, order = torch.sort(cols[tied], dim=1)
             t_vals = torch.gather(vals[tied], 1, order)
             t_vals, order = torch.sort(t_vals, dim=1, descending=True, stable=True)
             vals[tied] = t_vals
             cols[tied] = torch.gather(t_cols, 1, order)
-    if bool(ambiguous.any()):
-        a_vals, a_cols = torch.sort(sims[ambiguous], dim=1, descending=True, stable=True)
-        vals[ambiguous] = a_vals[:, :k]
-        cols[ambiguous] = a_cols[:, :k]
     return vals, cols
+
+
+def _exact_topk(values: Tensor, cols: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+    """Top k of each row, ties by position, for rows whose entries are in increasing column order.
+
+    ``torch.topk`` picks among equal values arbitrarily; rows with a tie across the k-th value are
+    redone with a stable sort, rows with ties inside the top k are reordered. ``cols`` maps
+    positions to columns (``None``: the position is the column).
+    """
+    vals, pos = torch.topk(values, k, dim=1)
+    ambiguous = torch.count_nonzero(values >= vals[:, -1:], dim=1) > k
+    if bool(ambiguous.any()):
+        a_vals, a_pos = torch.sort(values[ambiguous], dim=1, descending=True, stable=True)
+        vals[ambiguous] = a_vals[:, :k]
+        pos[ambiguous] = a_pos[:, :k]
+    out_cols = pos if cols is None else torch.gather(cols, 1, pos)
+    return _sorted_by_value_then_column(vals, out_cols)
+
+
+def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[Tensor, Tensor]:
+    """Top k of each row of ``sims`` (descending; ties by ascending column); exact.
+
+    With ``block > 1`` the row is cut into strided blocks (block j holds the columns j, j + m,
+    j + 2m, ... for m blocks) and the threshold is the k-th largest block maximum. Those k maxima
+    are k distinct entries, so at least k entries reach the threshold and every entry of the top k
+    does. The entries at or above it (a few more than k on real data) are gathered in column order
+    and the top k is taken among them: far less work than ``torch.topk`` over the whole row. With
+    many ties (collapsed embeddings) the candidates can be the whole row; above ``max_candidates``
+    the chunk takes the plain path.
+    """
+    rows, width = sims.shape
+    if block > 1:
+        num_blocks = width // block
+        block_max = sims.view(rows, block, num_blocks).amax(dim=1)
+        threshold = torch.topk(block_max, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+        keep = sims >= threshold
+        if int(torch.count_nonzero(keep)) <= max_candidates:
+            r, c = torch.nonzero(keep, as_tuple=True)  # row-major: columns increase within a row
+            counts = torch.bincount(r, minlength=rows)
+            width_c = int(counts.max())
+            starts = torch.cumsum(counts, 0) - counts
+            flat = r * width_c + (torch.arange(len(r), device=r.device) - starts[r])
+            cand = torch.full((rows * width_c,), float("-inf"), dtype=sims.dtype, device=sims.device)
+            cand_cols = torch.zeros(rows * width_c, dtype=torch.long, device=sims.device)
+            cand[flat] = sims.view(-1)[r * width + c]
+            cand_cols[flat] = c
+            return _exact_topk(cand.view(rows, width_c), cand_cols.view(rows, width_c), k)
+    return _exact_topk(sims, None, k)
+
+
+# BLAS libraries switch to differently-rounding small-matrix kernels for a GEMM with few rows (MKL: fewer
+# than 16, except some sizes). Padding every chunk to at least this many rows keeps each similarity
+# bit-identical whatever the chunk size, so chunking cannot flip a near-tie.
+_MIN_GEMM_ROWS = 16
 
 
 def _iter_topk(
@@ -149,21 +180,29 @@ def _iter_topk(
     n_query, dim = query.shape
     n_ref = reference.shape[0]
     block = _block_size(n_ref, k)
-    width = -(-n_ref // block) * block
+    num_blocks = -(-n_ref // block)
+    while (num_blocks * block) % 16:  # a row length of a multiple of 16 floats keeps the GEMM fast
+        num_blocks += 1
+    width = num_blocks * block
+    max_candidates = 8 * k * min(chunk_size, n_query)
     # reference^T padded to a whole number of blocks; padding columns are set to -inf below
     ref_t = torch.zeros(dim, width, dtype=reference.dtype, device=reference.device)
     ref_t[:, :n_ref] = reference.T
     # one reused buffer: allocating a fresh chunk x n_ref block at every step costs page faults
-    buf = torch.empty(min(chunk_size, n_query), width, dtype=query.dtype, device=query.device)
+    buf_rows = max(min(chunk_size, n_query), _MIN_GEMM_ROWS)
+    buf = torch.empty(buf_rows, width, dtype=query.dtype, device=query.device)
     for start in range(0, n_query, chunk_size):
         stop = min(start + chunk_size, n_query)
-        sims = torch.mm(query[start:stop], ref_t, out=buf[: stop - start])
+        q = query[start:stop]
+        if len(q) < _MIN_GEMM_ROWS:
+            q = torch.cat([q, q.new_zeros(_MIN_GEMM_ROWS - len(q), dim)])
+        sims = torch.mm(q, ref_t, out=buf[: len(q)])[: stop - start]
         if width > n_ref:
             sims[:, n_ref:] = float("-inf")
         if exclude_self:
             rows = torch.arange(stop - start, device=sims.device)
             sims[rows, rows + start] = float("-inf")
-        vals, cols = _topk_rows(sims, k, block)
+        vals, cols = _topk_rows(sims, k, block, max_candidates)
         yield start, vals, cols
 
 
@@ -221,20 +260,41 @@ def nearest_neighbors(
 
 
 def _sq_distances(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
+    """Squared Euclidean distances ``(len(x), len(centers))``."""
     c_sq = (centers * centers).sum(dim=1)
-    return (x_sq[:, None] - 2.0 * (x @ centers.T) + c_sq[None, :]).clamp_min_(0.0)
+    return torch.addmm(c_sq[None, :], x, centers.T, alpha=-2.0).add_(x_sq[:, None]).clamp_min_(0.0)
 
 
 def _assign(x: Tensor, x_sq: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
-    """Nearest center of each point (first one on ties) and its squared distance, in chunks."""
+    """Nearest center of each point (the first one on ties) and its squared distance, in chunks."""
     n = x.shape[0]
     step = max(1, (1 << 22) // max(1, centers.shape[0]))
+    c_sq = (centers * centers).sum(dim=1)[None, :]
     labels = torch.empty(n, dtype=torch.long, device=x.device)
     dists = torch.empty(n, dtype=x.dtype, device=x.device)
     for s in range(0, n, step):
-        d = _sq_distances(x[s : s + step], x_sq[s : s + step], centers)
-        dists[s : s + step], labels[s : s + step] = d.min(dim=1)
+        # ||x||^2 is the same for every center: add it after the argmin
+        part = torch.addmm(c_sq, x[s : s + step], centers.T, alpha=-2.0)
+        dists[s : s + step], labels[s : s + step] = part.min(dim=1)
+    dists.add_(x_sq).clamp_min_(0.0)
     return labels, dists
+
+
+def _cluster_sums(x: Tensor, labels: Tensor, counts: Tensor, segmented: bool | None = None) -> Tensor:
+    """Per-cluster sums of the rows of ``x``, in an order that does not depend on scheduling.
+
+    On CPU ``index_add_`` is sequential; on other devices it uses atomics (sums in a run-dependent
+    order), so there (``segmented``) the rows are sorted by cluster and summed as differences of a
+    prefix sum.
+    """
+    if segmented is None:
+        segmented = x.device.type != "cpu"
+    if not segmented:
+        return torch.zeros(len(counts), x.shape[1], dtype=x.dtype).index_add_(0, labels, x)
+    prefix = torch.cumsum(x[torch.argsort(labels, stable=True)], dim=0)
+    prefix = torch.cat([prefix.new_zeros(1, x.shape[1]), prefix])
+    ends = torch.cumsum(counts, dim=0)
+    return prefix[ends] - prefix[ends - counts]
 
 
 @torch.no_grad()
@@ -254,8 +314,8 @@ def kmeans(x: Tensor, num_clusters: int, seed: int = 0, max_iter: int = 100, tol
     n = x.shape[0]
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, int) or not 1 <= num_clusters <= n:
         raise ValueError(f"num_clusters must be an int in [1, {n}], got {num_clusters!r}")
-    x = x.detach()
-    x = x.to(torch.promote_types(x.dtype, torch.float32)) if x.is_floating_point() else x.float()
+    x = _as_embeddings(x, "x")
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
     device = x.device
     gen = torch.Generator().manual_seed(int(seed))
     x_sq = (x * x).sum(dim=1)
@@ -286,9 +346,8 @@ def kmeans(x: Tensor, num_clusters: int, seed: int = 0, max_iter: int = 100, tol
     threshold = tol * float(x64.var(dim=0, unbiased=False).mean()) if n > 1 else 0.0
     labels, dists = _assign(x, x_sq, centers)
     for _ in range(max_iter):
-        sums = torch.zeros(num_clusters, x.shape[1], dtype=torch.float64, device=device)
-        sums.index_add_(0, labels, x64)
         counts = torch.bincount(labels, minlength=num_clusters)
+        sums = _cluster_sums(x64, labels, counts)
         new_centers = (sums / counts.clamp_min(1)[:, None].double()).to(x.dtype)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty) > 0:
@@ -392,9 +451,13 @@ def retrieval_metrics(
         Python floats.
     """
     _check_chunk_size(chunk_size)
-    ks = tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+    given = tuple(ks)
+    try:
+        ks = tuple(operator.index(k) for k in given if not isinstance(k, bool))
+    except TypeError:
+        ks = ()
+    if not ks or len(ks) != len(given) or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {given!r}")
     if (reference is None) != (reference_labels is None):
         raise ValueError("give both reference and reference_labels, or neither")
     same_set = reference is None

@@ -1,0 +1,148 @@
+"""The whole pipeline on the smoke profile through real `dvc repro` and a real MLflow store.
+
+A temporary copy of the repository (its tracked and untracked-but-not-ignored files, committed to a
+fresh git repository) runs raw data -> prepare -> run -> report -> index, with MLflow on its default
+store (the SQLite file at the copy's root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+METHODS = {"multi_similarity", "ms_no_mining", "contrastive", "triplet"}
+DATASETS = {"omniglot", "fashion_mnist"}
+
+
+def _omniglot_source() -> Path | None:
+    for candidate in (os.environ.get("OMNIGLOT_DIR"), REPO.parent / "shared" / "data" / "omniglot"):
+        if candidate and (Path(candidate) / "images_background_small1.zip").is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def _fashion_mnist_available() -> bool:
+    return bool(os.environ.get("FASHION_MNIST_DIR")) or Path("/usr/share/datasets/fashion-mnist").is_dir()
+
+
+def _copy_repo(target: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("records/", "reports/", "dvc.lock")):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory):
+    omniglot = _omniglot_source()
+    if omniglot is None:
+        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
+    if not _fashion_mnist_available():
+        pytest.skip("no local Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR")
+    repo = tmp_path_factory.mktemp("smoke") / "repo"
+    repo.mkdir()
+    _copy_repo(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["data"]["omniglot"]["source_dir"] = str(omniglot)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "add", "-A")
+    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "smoke")
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    started = time.perf_counter()
+    result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return repo, env, seconds
+
+
+def test_smoke_repro_writes_the_report_and_index(smoke_repo):
+    repo, _, seconds = smoke_repo
+    print(f"smoke dvc repro: {seconds:.1f} s")
+    report = (repo / "reports" / "multi_similarity.md").read_text()
+    assert report.startswith("# Multi-Similarity Loss")
+    for heading in ("## Summary", "## Results", "## Claims", "## The paper's headline numbers", "## Figures"):
+        assert heading in report
+    for label in ("MS", "MS without mining", "Contrastive", "Triplet (semi-hard)"):
+        assert f"| {label} |" in report
+    assert "65.7" in report and "88.0" in report, "the paper's headline numbers stand beside ours"
+    commit = _git(repo, "rev-parse", "HEAD").strip()
+    assert f"`{commit[:10]}`" in report and "profile `smoke`" in report
+    for figure in ("recall_at_k.png", "similarities.png", "training_loss.png"):
+        path = repo / "reports" / "figures" / "multi_similarity" / figure
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/multi_similarity/{figure}" in report
+    index = (repo / "reports" / "README.md").read_text()
+    assert "[Multi-Similarity Loss" in index and "(multi_similarity.md)" in index
+    summary = json.loads((repo / "reports" / "multi_similarity.json").read_text())
+    assert {c["claim"] for c in summary["claims"]} == {
+        "ms_over_contrastive",
+        "ms_over_triplet",
+        "mining_helps",
+    }
+    assert all(c["verdict"] == "inconclusive" for c in summary["claims"]), "one seed cannot decide a claim"
+
+
+def test_every_row_traces_to_a_finished_mlflow_run(smoke_repo):
+    repo, _, _ = smoke_repo
+    records = [json.loads(p.read_text()) for p in sorted((repo / "records").rglob("seed*.json"))]
+    assert {(r["dataset"], r["method"]) for r in records} == {(d, m) for d in DATASETS for m in METHODS}
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("multi_similarity")
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    assert len(runs) == len(records)
+    commit = _git(repo, "rev-parse", "HEAD").strip()
+    report = (repo / "reports" / "multi_similarity.md").read_text()
+    for record in records:
+        provenance = record["provenance"]
+        run = runs[provenance["mlflow_run_id"]]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["git_commit"] == provenance["git_commit"] == commit
+        assert run.data.tags["git_dirty"] == "False"
+        assert run.data.tags["dvc_stage"] == "run@multi_similarity"
+        assert run.data.tags["profile"] == "smoke"
+        assert run.data.tags["data_fingerprint"] == provenance["data_fingerprint"]
+        assert run.data.metrics["map_at_r"] == pytest.approx(record["metrics"]["map_at_r"])
+        assert f"`{provenance['mlflow_run_id'][:8]}`" in report
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "record")]
+        assert artifacts == ["record/seed0.json"]
+
+
+def test_nothing_is_stale_and_a_second_repro_does_nothing(smoke_repo):
+    repo, env, _ = smoke_repo
+    status = subprocess.run(
+        [str(BIN / "dvc"), "status", "--json"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert json.loads(status.stdout) == {}
+    started = time.perf_counter()
+    again = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    print(f"no-op dvc repro: {seconds:.1f} s")
+    assert again.returncode == 0 and "Running stage" not in again.stdout
