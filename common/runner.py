@@ -46,18 +46,25 @@ def _load_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, SplitTensors]:
-    path = prepared_root / run.dataset
+    return _model_inputs(prepared_root / run.dataset, run.image_size, run.train_limit, run.eval.max_items)
+
+
+@cache
+def _model_inputs(
+    path: Path, image_size: int, train_limit: int | None, eval_limit: int | None
+) -> tuple[SplitTensors, SplitTensors]:
+    """Train and test tensors, standardized with the training pixels' mean and std; shared by all runs alike."""
     train_images, train_labels = _load_split(path, "train")
     test_images, test_labels = _load_split(path, "test")
-    keep = _subset(len(train_labels), run.train_limit)
+    keep = _subset(len(train_labels), train_limit)
     train_images, train_labels = train_images[keep], train_labels[keep]
-    keep = _subset(len(test_labels), run.eval.max_items)
+    keep = _subset(len(test_labels), eval_limit)
     test_images, test_labels = test_images[keep], test_labels[keep]
     pixels = train_images.float().div(255.0)
     mean, std = float(pixels.mean()), float(pixels.std())
     return (
-        SplitTensors(to_model_input(train_images, run.image_size, mean, std), train_labels),
-        SplitTensors(to_model_input(test_images, run.image_size, mean, std), test_labels),
+        SplitTensors(to_model_input(train_images, image_size, mean, std), train_labels),
+        SplitTensors(to_model_input(test_images, image_size, mean, std), test_labels),
     )
 
 

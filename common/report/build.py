@@ -131,7 +131,7 @@ def build_report(
         "## Summary",
         "",
         f"{meta.summary} We trained {len(methods)} methods ({', '.join(groups[(datasets[0], m)][0]['label'] for m in methods)}) "
-        f"with the same backbone ({first.model.name}, {first.model.kwargs.get('embedding_dim', '')}-d embedding), "
+        f"with the same backbone ({first.model.name}, {', '.join(f'{k}={v}' for k, v in first.model.kwargs.items())}), "
         f"sampler, optimizer, augmentation and budget ({first.epochs} epochs x {first.batches_per_epoch} batches) on "
         f"{', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`. "
         f"Of {len(claims)} claim checks, {counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not reproduced and "

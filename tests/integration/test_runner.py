@@ -36,12 +36,12 @@ def test_runs_write_records_and_mlflow_runs_then_skip(tmp_path, tiny_prepared, m
     run_paper("multi_similarity", "omniglot", params_path=params, prepared_root=tiny_prepared)
     records = read_paper_records(Path("records"), "multi_similarity")
     assert {(r["dataset"], r["method"], r["seed"]) for r in records} == {
-        ("omniglot", m, 0) for m in ("multi_similarity", "ms_no_mining", "contrastive", "triplet")
+        ("omniglot", m, 0) for m in yaml.safe_load(params.read_text())["multi_similarity"]["methods"]
     }
     client = MlflowClient(mlflow_store)
     experiment = client.get_experiment_by_name("multi_similarity")
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
-    assert len(runs) == 4
+    assert len(runs) == len(records)
     for record in records:
         run = runs[record["provenance"]["mlflow_run_id"]]
         assert run.info.status == "FINISHED"
@@ -71,7 +71,7 @@ def test_runs_write_records_and_mlflow_runs_then_skip(tmp_path, tiny_prepared, m
     assert {p: p.stat().st_mtime_ns for p in Path("records").rglob("*.json")} == mtimes, (
         "done runs were rerun"
     )
-    assert len(client.search_runs([experiment.experiment_id])) == 4
+    assert len(client.search_runs([experiment.experiment_id])) == len(records)
 
 
 def test_a_changed_method_reruns_only_that_method_and_drops_removed_ones(
