@@ -9,6 +9,7 @@ benchmarks, shown beside ours with the difference in scale stated.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,6 +28,7 @@ class Claim(BaseModel):
     worse: str
     datasets: list[str] | None = None  # None: every dataset of the paper
     paper_evidence: str = ""  # what the paper reports for it
+    source: Literal["paper", "ours"] = "paper"  # "ours": a check we added, not a claim of the paper
 
 
 class Headline(BaseModel):

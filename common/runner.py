@@ -25,8 +25,9 @@ from common.data.loading import data_fingerprint, load_prepared
 from common.engine.trainer import SplitTensors, fit_and_evaluate, to_model_input
 from common.paper import check_claims, load_paper
 from common.records import read_record, record_path, write_record
+from common.registry import BuildError
 from common.tracking import RunTracker, mark_abandoned
-from common.tracking.provenance import git_commit, git_dirty, hardware, versions
+from common.tracking.provenance import code_fingerprint, git_commit, git_dirty, hardware, versions
 
 PREPARED_ROOT = Path("data/prepared")
 CHECKPOINTS_ROOT = Path("checkpoints")
@@ -68,15 +69,17 @@ def _model_inputs(
     )
 
 
-def _checkpoint_dir(root: Path, run: RunConfig) -> Path:
-    return root / run.paper / run.dataset / run.method / f"seed{run.seed}-{run.config_hash()}"
+def _checkpoint_dir(root: Path, run: RunConfig, code_hash: str) -> Path:
+    return root / run.paper / run.dataset / run.method / f"seed{run.seed}-{run.config_hash()}-{code_hash}"
 
 
-def _is_done(path: Path, run: RunConfig) -> bool:
+def _is_done(path: Path, run: RunConfig, code_hash: str) -> bool:
+    """Done: a record of the same config made by the same code (a code change reruns everything)."""
     if not path.is_file():
         return False
     try:
-        return read_record(path)["config_hash"] == run.config_hash()
+        record = read_record(path)
+        return record["config_hash"] == run.config_hash() and record["provenance"]["code_hash"] == code_hash
     except (ValueError, KeyError):
         return False
 
@@ -101,9 +104,14 @@ def run_paper(
         data_fingerprint(prepared_root / name)  # fails now, with how to prepare it, if missing
     for run in runs:  # a batch the sampler cannot fill fails now, not after the first runs trained
         labels = _load_split(prepared_root / run.dataset, "train")[1]
-        samplers.build(
-            run.sampler.name, labels=labels[_subset(len(labels), run.train_limit)], **run.sampler.kwargs
-        )
+        try:
+            samplers.build(
+                run.sampler.name, labels=labels[_subset(len(labels), run.train_limit)], **run.sampler.kwargs
+            )
+        except (samplers.SamplerError, BuildError) as err:
+            raise ConfigError(
+                f"{params_path}: {paper} (dataset {run.dataset}, method {run.method}): sampler: {err}"
+            ) from err
 
     accelerator = Accelerator()
     main = accelerator.is_main_process
@@ -114,14 +122,20 @@ def run_paper(
                 stale.unlink()
 
     commit, dirty = git_commit(), git_dirty()
-    todo = [r for r in runs if not _is_done(record_path(records_root, paper, r.dataset, r.method, r.seed), r)]
+    package_root = Path(__file__).resolve().parent
+    code_hash = code_fingerprint(package_root, package_root.parent / "papers" / paper)
+    todo = [
+        r
+        for r in runs
+        if not _is_done(record_path(records_root, paper, r.dataset, r.method, r.seed), r, code_hash)
+    ]
     if main:
         print(
             f"{paper}{'/' + dataset if dataset else ''}: {len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run"
         )
     for run in tqdm(todo, desc=f"{paper} runs", disable=not main):
         path = record_path(records_root, paper, run.dataset, run.method, run.seed)
-        checkpoint_dir = _checkpoint_dir(checkpoints_root, run)
+        checkpoint_dir = _checkpoint_dir(checkpoints_root, run, code_hash)
         attempts_file = checkpoint_dir / ATTEMPTS_FILE
         earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
         if main:
@@ -138,6 +152,7 @@ def run_paper(
             "git_dirty": dirty,
             "dvc_stage": f"run@{paper}",
             "params_hash": run.config_hash(),
+            "code_hash": code_hash,
             "data_fingerprint": fingerprint,
             "profile": run.profile,
             "device": str(accelerator.device),

@@ -69,7 +69,9 @@ def evaluate_claims(meta: PaperMeta, groups: dict, datasets: list[str]) -> list[
             rows.append(
                 {
                     "claim": claim.id,
-                    "text": claim.text,
+                    "text": claim.text
+                    if claim.source == "paper"
+                    else f"{claim.text} (our check, not the paper's)",
                     "dataset": dataset,
                     "metric": claim.metric,
                     "better": mean_ci([r["metrics"][claim.metric] for r in better]).__dict__,

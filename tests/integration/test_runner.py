@@ -97,6 +97,22 @@ def test_a_changed_method_reruns_only_that_method_and_drops_removed_ones(
     assert changed == {"triplet"}
 
 
+def test_a_code_change_reruns_every_run(tmp_path, tiny_prepared, mlflow_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path)
+    run_paper("multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared)
+    before = {
+        p: json.loads(p.read_text())["provenance"]["mlflow_run_id"] for p in Path("records").rglob("*.json")
+    }
+    monkeypatch.setattr("common.runner.code_fingerprint", lambda *roots: "changed-code")
+    run_paper("multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared)
+    after = {p: json.loads(p.read_text())["provenance"] for p in Path("records").rglob("*.json")}
+    assert set(after) == set(before)
+    assert all(
+        after[p]["mlflow_run_id"] != before[p] and after[p]["code_hash"] == "changed-code" for p in after
+    )
+
+
 def test_a_nan_loss_stops_the_run_and_marks_it_failed(tmp_path, tiny_prepared, mlflow_store, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -125,3 +141,22 @@ def test_missing_prepared_data_fails_before_compute(tmp_path, mlflow_store, monk
         run_paper(
             "multi_similarity", "omniglot", params_path=tiny_params(tmp_path), prepared_root=tmp_path / "none"
         )
+
+
+def test_a_batch_the_sampler_cannot_fill_fails_before_compute(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    from common.config import ConfigError
+
+    def edit(params):
+        params["multi_similarity"]["datasets"]["fashion_mnist"]["sampler"]["classes_per_batch"] = 11
+
+    with pytest.raises(ConfigError, match=r"fashion_mnist.*needs 11 classes x 1 process.*labels have 10"):
+        run_paper(
+            "multi_similarity",
+            "fashion_mnist",
+            params_path=tiny_params(tmp_path, edit),
+            prepared_root=tiny_prepared,
+        )
+    assert not Path("records").exists() and not Path("checkpoints").exists()
