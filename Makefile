@@ -29,6 +29,7 @@ repro: system-packages $(STAMP)
 
 test: system-packages $(STAMP)
 	$(BIN)/ruff check common papers tests
+	$(BIN)/ruff format --check common papers tests
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
