@@ -28,9 +28,9 @@ repro: system-packages $(STAMP)
 	$(BIN)/dvc repro
 
 test: system-packages $(STAMP)
-	$(BIN)/ruff check common papers tests
-	$(BIN)/ruff format --check common papers tests
+	$(BIN)/ruff check common papers tests benchmarks
+	$(BIN)/ruff format --check common papers tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check common papers tests
+	$(BIN)/ruff check common papers tests benchmarks

@@ -168,6 +168,8 @@ def fit_and_evaluate(
     for epoch in range(start_epoch + 1, run.epochs + 1):
         model.train()
         sampler.set_epoch(epoch)
+        if hasattr(criterion, "set_epoch"):  # schedules inside a loss, e.g. deferred re-weighting
+            criterion.set_epoch(epoch)
         started = time.perf_counter()
         total, nonzero, steps = 0.0, 0, 0
         bar = tqdm(

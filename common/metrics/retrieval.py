@@ -428,7 +428,7 @@ def retrieval_metrics(
     reference_labels: Tensor | None = None,
     ks: Sequence[int] = (1, 2, 4, 8),
     chunk_size: int = 1024,
-    nmi_seed: int = 0,
+    nmi_seed: int | None = 0,
 ) -> dict[str, float]:
     """P@1, Recall@K, R-Precision, MAP@R and NMI of embeddings under cosine similarity.
 
@@ -444,7 +444,7 @@ def retrieval_metrics(
         reference_labels: ``(n_ref,)`` labels; given if and only if ``reference`` is.
         ks: the K of each ``recall_at_{K}``; K larger than the reference size counts every item.
         chunk_size: queries per similarity block (memory about ``chunk_size * n_ref`` floats).
-        nmi_seed: seed of the k-means behind ``nmi``.
+        nmi_seed: seed of the k-means behind ``nmi``; ``None`` skips the clustering (no ``nmi`` key).
 
     Returns:
         ``{"precision_at_1", "recall_at_{K}" for K in ks, "r_precision", "map_at_r", "nmi"}`` as
@@ -513,6 +513,7 @@ def retrieval_metrics(
         out[f"recall_at_{kk}"] = mean(hit_at[kk])
     out["r_precision"] = mean(r_prec)
     out["map_at_r"] = mean(ap_r)
-    num_classes = int(torch.unique(q_ids).numel())
-    out["nmi"] = normalized_mutual_info(q_ids, kmeans(q, num_classes, seed=nmi_seed))
+    if nmi_seed is not None:
+        num_classes = int(torch.unique(q_ids).numel())
+        out["nmi"] = normalized_mutual_info(q_ids, kmeans(q, num_classes, seed=nmi_seed))
     return out
