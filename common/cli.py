@@ -5,6 +5,7 @@
     repro run PAPER [--dataset D]    train and evaluate a paper's runs (a DVC stage)
     repro report PAPER               records -> reports/PAPER.md (a DVC stage)
     repro index                      reports/README.md (a DVC stage)
+    repro check-reports              fail if a committed report is stale (CI runs it)
 
 Errors that the user can fix (bad params, missing data, a NaN loss) are printed without a traceback
 and exit with status 2.
@@ -64,6 +65,21 @@ def _papers(args: argparse.Namespace) -> None:
         print(f"{slug:24s} {meta.venue:12s} {status}   {meta.title}")
 
 
+def _check_reports(args: argparse.Namespace) -> None:
+    from common.config import ConfigError
+    from common.staleness import stale_stages
+
+    stale = stale_stages(dvc=str(Path(sys.executable).parent / "dvc"))
+    if stale:
+        lines = [f"  {stage}: {'; '.join(reasons)}" for stage, reasons in sorted(stale.items())]
+        raise ConfigError(
+            "the committed reports are stale against the committed code/params:\n"
+            + "\n".join(lines)
+            + "\nrerun `dvc repro` and commit records/, reports/ and dvc.lock"
+        )
+    print("reports are current: no stage has changed code, params or outputs since dvc.lock")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="repro", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -88,6 +104,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="write reports/README.md from the paper reports")
     p.set_defaults(func=_index)
+
+    p = sub.add_parser("check-reports", help="fail if a committed report is stale against the code or params")
+    p.set_defaults(func=_check_reports)
 
     p = sub.add_parser("papers", help="list the papers and their claim verdicts")
     p.set_defaults(func=_papers)

@@ -145,3 +145,20 @@ def test_nothing_is_stale_and_a_second_repro_does_nothing(smoke_repo):
     seconds = time.perf_counter() - started
     print(f"no-op dvc repro: {seconds:.1f} s")
     assert again.returncode == 0 and "Running stage" not in again.stdout
+
+
+def test_check_reports_passes_when_current_and_names_the_stage_when_code_changes(smoke_repo):
+    repo, env, _ = smoke_repo
+    command = [str(BIN / "python"), "-m", "common.cli", "check-reports"]
+    current = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert current.returncode == 0, current.stderr
+    loss_file = repo / "common" / "losses" / "pair.py"
+    original = loss_file.read_text()
+    try:
+        loss_file.write_text(original + "\n# an edit\n")
+        stale = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        loss_file.write_text(original)
+    assert stale.returncode == 2
+    assert "run@multi_similarity-omniglot: dependency common modified" in stale.stderr
+    assert "Traceback" not in stale.stderr
