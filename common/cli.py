@@ -5,6 +5,7 @@
     repro run PAPER [--dataset D]    train and evaluate a paper's runs (a DVC stage)
     repro report PAPER               records -> reports/PAPER.md (a DVC stage)
     repro index                      reports/README.md (a DVC stage)
+    repro audit REPORT               trace a report's numbers to runs, commits, stages; flag drift
     repro check-reports              fail if a committed report is stale (CI runs it)
 
 Errors that the user can fix (bad params, missing data, a NaN loss) are printed without a traceback
@@ -80,6 +81,20 @@ def _check_reports(args: argparse.Namespace) -> None:
     print("reports are current: no stage has changed code, params or outputs since dvc.lock")
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from common.audit import audit_report
+
+    result = audit_report(
+        Path(args.report), params_path=Path(args.params), dvc=str(Path(sys.executable).parent / "dvc")
+    )
+    print("\n".join(result.lines))
+    if not result.ok():
+        print(f"\n{len(result.problems)} problem(s):", file=sys.stderr)
+        print("\n".join(f"  - {p}" for p in result.problems), file=sys.stderr)
+        raise SystemExit(1)
+    print(f"\n{args.report}: every number traces to a finished run of the current code, params and data")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="repro", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="write reports/README.md from the paper reports")
     p.set_defaults(func=_index)
+
+    p = sub.add_parser("audit", help="trace every number of a report to its runs and check for drift")
+    p.add_argument("report", help="e.g. reports/multi_similarity.md")
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("check-reports", help="fail if a committed report is stale against the code or params")
     p.set_defaults(func=_check_reports)

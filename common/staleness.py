@@ -30,7 +30,9 @@ def stale_stages(repo: Path = Path("."), dvc: str = "dvc") -> dict[str, list[str
                 reasons.append(str(change))
                 continue
             for path, state in change.get("changed deps", {}).items():
-                if not (state in ABSENT and path in produced):
+                if isinstance(state, dict):  # a params file: {key: "modified" | "new" | "deleted"}
+                    reasons += [f"parameter {key} ({path}) {how}" for key, how in state.items()]
+                elif not (state in ABSENT and path in produced):
                     reasons.append(f"dependency {path} {state}")
             for path, state in change.get("changed outs", {}).items():
                 if not (state in ABSENT and path in produced):

@@ -162,3 +162,27 @@ def test_check_reports_passes_when_current_and_names_the_stage_when_code_changes
     assert stale.returncode == 2
     assert "run@multi_similarity-omniglot: dependency common modified" in stale.stderr
     assert "Traceback" not in stale.stderr
+
+
+def test_audit_traces_every_run_and_flags_drift(smoke_repo):
+    repo, env, _ = smoke_repo
+    command = [str(BIN / "python"), "-m", "common.cli", "audit", "reports/multi_similarity.md"]
+    clean = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in (repo / "records").rglob("seed*.json")]
+    for record in records:
+        assert record["provenance"]["mlflow_run_id"] in clean.stdout
+    assert "run@multi_similarity-omniglot in dvc.lock" in clean.stdout
+
+    params = repo / "params.yaml"
+    original = params.read_text()
+    try:
+        edited = yaml.safe_load(original)
+        edited["multi_similarity"]["methods"]["triplet"]["loss"]["margin"] = 0.3
+        params.write_text(yaml.safe_dump(edited, sort_keys=False))
+        drifted = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        params.write_text(original)
+    assert drifted.returncode == 1
+    assert "omniglot/triplet/seed0: params drifted" in drifted.stderr
+    assert "omniglot/contrastive/seed0: params drifted" not in drifted.stderr

@@ -1,0 +1,140 @@
+"""``repro audit reports/<paper>.md``: where each number of a report came from, and whether it still holds.
+
+For every run behind the report it prints the MLflow run, the git commit and dirty flag recorded at run
+time, the DVC stage with its ``dvc.lock`` hashes, the params hash and the data fingerprint, and checks them
+against the current checkout:
+
+- params: the run's config hash equals the config ``params.yaml`` resolves to now;
+- code: the run's code hash equals the hash of the code its stage runs now;
+- data: the run's data fingerprint equals that of ``data/prepared/<dataset>`` (when it is present);
+- lock: ``dvc.lock`` has the stage, and ``dvc status`` reports no change behind it;
+- report: the report names the run;
+- MLflow: the run exists in the tracking store with the same tags (when the store has it; a clean clone has
+  no store, which the audit says plainly instead of failing).
+
+Exit status 0 when everything matches, 1 on any drift or missing run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from common.config import resolve_runs
+from common.records import read_paper_records
+from common.staleness import stale_stages
+from common.tracking.provenance import code_fingerprint
+
+
+@dataclass
+class AuditResult:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _mlflow_run(run_id: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from common.tracking import tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None, f"no MLflow store at {uri} (a clean clone has none; `repro` runs fill it)"
+    try:
+        return MlflowClient(uri).get_run(run_id), None
+    except MlflowException as err:
+        return None, f"not in the MLflow store {uri}: {str(err).splitlines()[0]}"
+
+
+def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str = "dvc") -> AuditResult:
+    from common.data.loading import data_fingerprint
+    from common.data.sources import DataSourceError
+
+    result = AuditResult()
+    slug = report.stem
+    if not report.is_file():
+        result.problems.append(f"{report}: no such report")
+        return result
+    text = report.read_text()
+    records = read_paper_records(Path("records"), slug)
+    if not records:
+        result.problems.append(f"records/{slug}: no run records behind {report}")
+        return result
+    current = {(r.dataset, r.method, r.seed): r for r in resolve_runs(slug, params_path)}
+    code_hash = code_fingerprint(Path("common").resolve(), Path("papers", slug).resolve())
+    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
+    stale = stale_stages(dvc=dvc)
+    fingerprints: dict[str, str | None] = {}
+
+    for record in records:
+        key = (record["dataset"], record["method"], record["seed"])
+        prov = record["provenance"]
+        stage = f"run@{slug}-{record['dataset']}"
+        name = f"{record['dataset']}/{record['method']}/seed{record['seed']}"
+        result.lines.append(
+            f"{name}: MLflow run {prov['mlflow_run_id']} (experiment {prov['mlflow_experiment']}), commit "
+            f"{prov['git_commit'][:10]}{' DIRTY' if str(prov['git_dirty']) == 'True' else ''}, stage {stage}, "
+            f"params {record['config_hash']}, code {prov.get('code_hash')}, data {prov['data_fingerprint']}, "
+            f"profile {prov['profile']}, world size {prov['world_size']}"
+        )
+        if key not in current:
+            result.problems.append(f"{name}: no longer in params.yaml ({slug})")
+        elif current[key].config_hash() != record["config_hash"]:
+            result.problems.append(
+                f"{name}: params drifted (run {record['config_hash']}, now {current[key].config_hash()})"
+            )
+        if prov.get("code_hash") != code_hash:
+            result.problems.append(f"{name}: code drifted (run {prov.get('code_hash')}, now {code_hash})")
+        if record["dataset"] not in fingerprints:
+            try:
+                fingerprints[record["dataset"]] = data_fingerprint(Path("data/prepared") / record["dataset"])
+            except DataSourceError:
+                fingerprints[record["dataset"]] = None
+                result.lines.append(
+                    f"  data/prepared/{record['dataset']} absent: data fingerprint not checkable here"
+                )
+        now = fingerprints[record["dataset"]]
+        if now is not None and now != prov["data_fingerprint"]:
+            result.problems.append(f"{name}: data drifted (run {prov['data_fingerprint']}, now {now})")
+        if prov["mlflow_run_id"][:8] not in text:
+            result.problems.append(f"{name}: the report does not name its run {prov['mlflow_run_id']}")
+        run, why = _mlflow_run(prov["mlflow_run_id"])
+        if run is None:
+            result.lines.append(f"  MLflow: {why}")
+            if "clean clone" not in why:
+                result.problems.append(f"{name}: MLflow run {prov['mlflow_run_id']} {why}")
+        else:
+            tags = run.data.tags
+            for tag, expected in (
+                ("git_commit", prov["git_commit"]),
+                ("params_hash", record["config_hash"]),
+                ("data_fingerprint", prov["data_fingerprint"]),
+            ):
+                if tags.get(tag) != str(expected):
+                    result.problems.append(
+                        f"{name}: MLflow tag {tag}={tags.get(tag)!r}, record says {expected!r}"
+                    )
+            if run.info.status != "FINISHED":
+                result.problems.append(f"{name}: MLflow run status {run.info.status}")
+
+    for stage in sorted({f"run@{slug}-{r['dataset']}" for r in records} | {f"report@{slug}"}):
+        locked = (lock or {}).get("stages", {}).get(stage)
+        if locked is None:
+            result.problems.append(f"{stage}: not in dvc.lock")
+            continue
+        hashes = ", ".join(f"{d['path']}={d.get('md5', '?')[:10]}" for d in locked.get("deps", []))
+        result.lines.append(f"{stage} in dvc.lock: {hashes}")
+        if stage in stale:
+            result.problems.append(f"{stage}: {'; '.join(stale[stage])}")
+    summary = Path("reports") / f"{slug}.json"
+    if summary.is_file():
+        commits = json.loads(summary.read_text()).get("commits", [])
+        result.lines.append(f"report built from runs at commit(s) {', '.join(c[:10] for c in commits)}")
+    return result
