@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.registry import BuildError
 
 PROFILES = ("smoke", "cpu", "gpu")
+# Sampler arguments the engine fills in from the data, the run and the process group.
+ENGINE_SAMPLER_ARGS = frozenset({"labels", "seed", "rank", "world_size", "batches_per_epoch"})
 DATASETS = ("fashion_mnist", "omniglot")
 
 
@@ -236,13 +238,16 @@ def check_components(run: RunConfig, where: str) -> None:
                 run.optimizer.name, [torch.nn.Parameter(torch.zeros(1))], **run.optimizer.kwargs
             ),
         ),
-        ("sampler", lambda: samplers.SAMPLERS.check(run.sampler.name, run.sampler.kwargs)),
+        (
+            "sampler",
+            lambda: samplers.SAMPLERS.check(run.sampler.name, run.sampler.kwargs, ENGINE_SAMPLER_ARGS),
+        ),
     ]
     for key, check in checks:
         try:
             check()
         except BuildError as err:
             raise ConfigError(f"{where}: {key}: {err}") from err
-    reserved = {"labels", "seed", "rank", "world_size", "batches_per_epoch"} & set(run.sampler.kwargs)
+    reserved = ENGINE_SAMPLER_ARGS & set(run.sampler.kwargs)
     if reserved:
         raise ConfigError(f"{where}: sampler: {sorted(reserved)} are set by the engine, not in params")

@@ -13,7 +13,7 @@ registry's kind and the name in front.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -57,17 +57,26 @@ class Registry(Generic[T]):
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
 
-    def check(self, name: str, hyperparams: dict[str, Any]) -> None:
-        """Raise ``BuildError`` if ``name`` is unknown or ``hyperparams`` has keys it does not accept."""
+    def check(self, name: str, hyperparams: dict[str, Any], supplied_later: Collection[str] = ()) -> None:
+        """Raise ``BuildError`` if ``name`` is unknown, or ``hyperparams`` has keys it does not accept or lacks
+        a required one (other than ``supplied_later``, which the caller fills in); the message lists what is
+        accepted."""
         accepted = self.accepted_params(name)
+        listed = ", ".join(
+            f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in accepted.items()
+        )
         unknown = sorted(set(hyperparams) - set(accepted))
         if unknown:
-            listed = ", ".join(
-                f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in accepted.items()
-            )
             raise BuildError(
                 f"{self.kind} {name!r} does not accept {', '.join(map(repr, unknown))}; accepted: {listed or 'none'}"
             )
+        missing = [
+            k
+            for k, v in accepted.items()
+            if v is inspect.Parameter.empty and k not in hyperparams and k not in supplied_later
+        ]
+        if missing:
+            raise BuildError(f"{self.kind} {name!r} needs {', '.join(missing)}; accepted: {listed}")
 
     def build(self, name: str, /, **hyperparams: Any) -> T:
         self.check(name, hyperparams)

@@ -1,8 +1,19 @@
 """Batch samplers built by name through ``SAMPLERS``."""
 
+from common.samplers.class_balanced import ClassBalancedBatchSampler
+from common.samplers.episodic import EpisodicBatchSampler, episode_targets, split_episode
 from common.samplers.m_per_class import SAMPLERS, MPerClassBatchSampler, SamplerError
 
-__all__ = ["SAMPLERS", "MPerClassBatchSampler", "SamplerError", "build"]
+__all__ = [
+    "SAMPLERS",
+    "ClassBalancedBatchSampler",
+    "EpisodicBatchSampler",
+    "MPerClassBatchSampler",
+    "SamplerError",
+    "build",
+    "episode_targets",
+    "split_episode",
+]
 
 
 def build(name: str, /, **hyperparams):
