@@ -46,6 +46,18 @@ def _pml_ms_mined() -> Callable:
     return lambda e, y: loss(e, y, miner(e, y))
 
 
+def _heads(ours_name: str, pml_cls, **pml_kwargs) -> tuple[Callable, Callable]:
+    """Margin heads: built per class count, PML's weights set to ours (PML stores them transposed)."""
+
+    def pair(classes: int) -> tuple[Callable, Callable]:
+        ours = losses.build(ours_name, num_classes=classes, embedding_dim=DIM)
+        theirs = pml_cls(num_classes=classes, embedding_size=DIM, **pml_kwargs)
+        theirs.W.data = ours.weight.detach().T.clone().contiguous()
+        return ours, theirs
+
+    return pair
+
+
 # name -> (our loss factory, PML loss factory)
 PAIRS: dict[str, tuple[Callable[[], Callable], Callable[[], Callable]]] = {
     "multi_similarity (mined)": (lambda: losses.build("multi_similarity"), _pml_ms_mined),
@@ -67,6 +79,18 @@ PAIRS: dict[str, tuple[Callable[[], Callable], Callable[[], Callable]]] = {
     "triplet (batch-hard)": (
         lambda: losses.build("triplet", triplets="batch_hard"),
         lambda: _pml_triplet("batch_hard"),
+    ),
+    "circle": (lambda: losses.build("circle"), lambda: pml_losses.CircleLoss(m=0.4, gamma=80)),
+    "ntxent": (lambda: losses.build("ntxent"), lambda: pml_losses.NTXentLoss(temperature=0.5)),
+    "supcon": (lambda: losses.build("supcon"), lambda: pml_losses.SupConLoss(temperature=0.1)),
+}
+# margin heads own class weights: built per number of classes
+HEADS = {
+    "normface": _heads("normface", pml_losses.NormalizedSoftmaxLoss, temperature=0.05),
+    "cosface": _heads("cosface", pml_losses.CosFaceLoss, margin=0.35, scale=64),
+    "arcface": _heads("arcface", pml_losses.ArcFaceLoss, margin=28.6478897565, scale=64),
+    "subcenter_arcface": _heads(
+        "subcenter_arcface", pml_losses.SubCenterArcFaceLoss, margin=28.6478897565, scale=64, sub_centers=3
     ),
 }
 
@@ -98,13 +122,20 @@ def main() -> None:
     )
     print(f"{'loss':30s} {'batch':>5s} {'classes':>7s} {'ours ms':>9s} {'PML ms':>9s} {'PML/ours':>8s}")
     ratios: dict[str, list[float]] = {}
-    for name, (ours, theirs) in PAIRS.items():
-        our_loss, their_loss = ours(), theirs()
+    cases = [(name, factories, False) for name, factories in PAIRS.items()]
+    cases += [(name, factory, True) for name, factory in HEADS.items()]
+    for name, factories, is_head in cases:
         for batch in (256, 1024):
             for classes in (32, 128):
+                if is_head:
+                    our_loss, their_loss = factories(classes)
+                else:
+                    our_loss, their_loss = factories[0](), factories[1]()
                 generator = torch.Generator().manual_seed(batch + classes)
                 embeddings = torch.randn(batch, DIM, generator=generator)
                 labels = torch.arange(classes).repeat(batch // classes)
+                if name == "ntxent":  # two views per instance, as SimCLR batches are (classes ignored)
+                    labels = torch.arange(batch // 2).repeat(2)
                 ours_s = time_forward_backward(our_loss, embeddings, labels, args.repeats)
                 theirs_s = time_forward_backward(their_loss, embeddings, labels, args.repeats)
                 ratio = theirs_s / ours_s

@@ -59,7 +59,7 @@ def _global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return inputs, weight, torch.arange(8).repeat_interleave(4)
 
 
-LOSSES = ["multi_similarity", "contrastive", "triplet"]
+LOSSES = ["multi_similarity", "contrastive", "triplet", "circle", "ntxent", "supcon", "align_uniform"]
 
 
 def _gradient_worker(out: str) -> None:
