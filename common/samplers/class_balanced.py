@@ -26,15 +26,14 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
 
-from common.samplers.m_per_class import SAMPLERS, SamplerError
+from common.samplers.base import SAMPLERS, EpochBatchSampler, SamplerError, require_positive
 
 __all__ = ["ClassBalancedBatchSampler"]
 
 
 @SAMPLERS.register("class_balanced")
-class ClassBalancedBatchSampler(Sampler[list[int]]):
+class ClassBalancedBatchSampler(EpochBatchSampler):
     """Batches of i.i.d. draws: a class with probability proportional to ``n_c ** q``, then a sample of it.
 
     Args:
@@ -56,49 +55,29 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         q: float = 0.0,
     ) -> None:
-        for key, value in (
-            ("batch_size", batch_size),
-            ("batches_per_epoch", batches_per_epoch),
-            ("world_size", world_size),
-        ):
-            if value < 1:
-                raise SamplerError(f"{key} must be >= 1, got {value}")
-        if not 0 <= rank < world_size:
-            raise SamplerError(f"rank must be in [0, {world_size}), got {rank}")
+        require_positive(batch_size=batch_size)
+        super().__init__(labels, batches_per_epoch, seed, rank, world_size)
         if not (math.isfinite(q) and 0 <= q <= 1):
             raise SamplerError(f"q must be in [0, 1], got {q}")
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        if labels.ndim != 1 or len(labels) == 0:
+        if self.labels.ndim != 1 or len(self.labels) == 0:
             raise SamplerError(
-                f"class_balanced: labels must be a non-empty 1-D sequence, got shape {tuple(labels.shape)}"
+                "class_balanced: labels must be a non-empty 1-D sequence, "
+                f"got shape {tuple(self.labels.shape)}"
             )
-        classes, counts = torch.unique(labels, return_counts=True)
+        classes, counts = torch.unique(self.labels, return_counts=True)
         self.classes = classes
         self.counts = counts
-        self.order = torch.argsort(
-            labels, stable=True
-        )  # the samples of class c are order[starts[c]:][:counts[c]]
+        # the samples of class c are order[starts[c]:][:counts[c]]
+        self.order = torch.argsort(self.labels, stable=True)
         self.starts = torch.cumsum(counts, 0) - counts
         weights = counts.double() ** q
         self.class_probabilities = weights / weights.sum()
         self.batch_size = batch_size
-        self.batches_per_epoch = batches_per_epoch
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.q = q
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Each epoch draws a different, reproducible sequence of batches."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         # One generator shared by all ranks (same seed): same global batch, different slices.
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = self._generator()
         global_size = self.batch_size * self.world_size
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         for _ in range(self.batches_per_epoch):

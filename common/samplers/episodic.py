@@ -14,11 +14,11 @@ Order inside a batch (what :func:`split_episode` and :func:`episode_targets` ass
 "way i" is the i-th class drawn (a random order, so a model cannot learn a fixed class position); the
 episode's targets are the way indices ``0 .. n_way - 1``, not the dataset labels.
 
-An epoch is ``episodes_per_epoch`` episodes, reproducible by (seed, epoch). Distributed mode
-(``world_size > 1``): every rank generates the same global stream of episodes from a generator seeded
-by (seed, epoch), and rank ``r`` takes episodes ``r, r + world_size, r + 2 * world_size, ...``; the ranks
-see different episodes, and together the first ``episodes_per_epoch * world_size`` episodes of the
-stream that one process would see.
+An episode is one batch, and an epoch is ``batches_per_epoch`` episodes, reproducible by (seed, epoch).
+Distributed mode (``world_size > 1``): every rank generates the same global stream of episodes from a
+generator seeded by (seed, epoch), and rank ``r`` takes episodes ``r, r + world_size, r + 2 * world_size,
+...``; the ranks see different episodes, and together the first ``batches_per_epoch * world_size``
+episodes of the stream that one process would see.
 """
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
 
-from common.samplers.m_per_class import SAMPLERS, SamplerError
+from common.samplers.base import SAMPLERS, EpochBatchSampler, SamplerError, require_positive
 
 __all__ = ["EpisodicBatchSampler", "episode_targets", "split_episode"]
 
 
 @SAMPLERS.register("episodic")
-class EpisodicBatchSampler(Sampler[list[int]]):
+class EpisodicBatchSampler(EpochBatchSampler):
     """N-way K-shot Q-query episodes; see the module docstring for the order of a batch.
 
     Args:
@@ -42,11 +41,9 @@ class EpisodicBatchSampler(Sampler[list[int]]):
         n_way: classes per episode.
         k_shot: support samples per class.
         q_query: query samples per class (0 is allowed: support only).
-        episodes_per_epoch: episodes per epoch and per process (default 100).
+        batches_per_epoch: episodes (one episode is one batch) per epoch and per process.
         seed: with the epoch (``set_epoch``), fixes the episodes.
         rank, world_size: this process and the number of processes.
-        batches_per_epoch: the same as ``episodes_per_epoch``, under the name the trainer passes to
-            every sampler; give one or the other (or both equal).
     """
 
     def __init__(
@@ -55,34 +52,16 @@ class EpisodicBatchSampler(Sampler[list[int]]):
         n_way: int = 5,
         k_shot: int = 1,
         q_query: int = 15,
-        episodes_per_epoch: int | None = None,
+        batches_per_epoch: int = 100,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        batches_per_epoch: int | None = None,
     ) -> None:
-        if episodes_per_epoch is not None and batches_per_epoch is not None:
-            if episodes_per_epoch != batches_per_epoch:
-                raise SamplerError(
-                    f"episodic: episodes_per_epoch={episodes_per_epoch} and batches_per_epoch={batches_per_epoch} "
-                    "name the same number; give one of them"
-                )
-        episodes = episodes_per_epoch if episodes_per_epoch is not None else batches_per_epoch
-        episodes = 100 if episodes is None else episodes
-        for key, value in (
-            ("n_way", n_way),
-            ("k_shot", k_shot),
-            ("episodes_per_epoch", episodes),
-            ("world_size", world_size),
-        ):
-            if value < 1:
-                raise SamplerError(f"{key} must be >= 1, got {value}")
+        require_positive(n_way=n_way, k_shot=k_shot)
         if q_query < 0:
             raise SamplerError(f"q_query must be >= 0, got {q_query}")
-        if not 0 <= rank < world_size:
-            raise SamplerError(f"rank must be in [0, {world_size}), got {rank}")
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        classes, counts = torch.unique(labels, return_counts=True)
+        super().__init__(labels, batches_per_epoch, seed, rank, world_size)
+        classes, counts = torch.unique(self.labels, return_counts=True)
         if len(classes) < n_way:
             raise SamplerError(
                 f"episodic: an episode needs n_way={n_way} distinct classes, but the labels have "
@@ -99,27 +78,15 @@ class EpisodicBatchSampler(Sampler[list[int]]):
                 "q_query, or drop those classes"
             )
         self.classes = classes
-        order = torch.argsort(labels, stable=True)
+        order = torch.argsort(self.labels, stable=True)
         self.class_indices = list(torch.split(order, counts.tolist()))
         self.n_way = n_way
         self.k_shot = k_shot
         self.q_query = q_query
-        self.episodes_per_epoch = episodes
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
 
     @property
     def batch_size(self) -> int:
         return self.n_way * (self.k_shot + self.q_query)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Each epoch draws a different, reproducible sequence of episodes."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.episodes_per_epoch
 
     def _episode(self, generator: torch.Generator) -> list[int]:
         ways = torch.randperm(len(self.classes), generator=generator)[: self.n_way]
@@ -133,8 +100,8 @@ class EpisodicBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         # One generator shared by all ranks (same seed): one global stream of episodes, dealt round-robin.
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        for _ in range(self.episodes_per_epoch):
+        generator = self._generator()
+        for _ in range(self.batches_per_epoch):
             for r in range(self.world_size):
                 episode = self._episode(generator)
                 if r == self.rank:

@@ -16,19 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
 
-from common.registry import Registry
+from common.samplers.base import SAMPLERS, EpochBatchSampler, SamplerError, require_positive
 
-SAMPLERS: Registry[Sampler] = Registry("sampler")
-
-
-class SamplerError(ValueError):
-    """A batch composition that the labels cannot supply."""
+__all__ = ["MPerClassBatchSampler", "SamplerError"]
 
 
 @SAMPLERS.register("m_per_class")
-class MPerClassBatchSampler(Sampler[list[int]]):
+class MPerClassBatchSampler(EpochBatchSampler):
     def __init__(
         self,
         labels: Sequence[int] | torch.Tensor,
@@ -39,18 +34,9 @@ class MPerClassBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        for key, value in (
-            ("classes_per_batch", classes_per_batch),
-            ("samples_per_class", samples_per_class),
-            ("batches_per_epoch", batches_per_epoch),
-            ("world_size", world_size),
-        ):
-            if value < 1:
-                raise SamplerError(f"{key} must be >= 1, got {value}")
-        if not 0 <= rank < world_size:
-            raise SamplerError(f"rank must be in [0, {world_size}), got {rank}")
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        classes, counts = torch.unique(labels, return_counts=True)
+        require_positive(classes_per_batch=classes_per_batch, samples_per_class=samples_per_class)
+        super().__init__(labels, batches_per_epoch, seed, rank, world_size)
+        classes, counts = torch.unique(self.labels, return_counts=True)
         needed = classes_per_batch * world_size
         if len(classes) < needed:
             raise SamplerError(
@@ -58,30 +44,18 @@ class MPerClassBatchSampler(Sampler[list[int]]):
                 f"distinct classes, but the labels have {len(classes)}; lower classes_per_batch"
             )
         self.classes = classes
-        order = torch.argsort(labels, stable=True)
+        order = torch.argsort(self.labels, stable=True)
         self.class_indices = list(torch.split(order, counts.tolist()))
         self.classes_per_batch = classes_per_batch
         self.samples_per_class = samples_per_class
-        self.batches_per_epoch = batches_per_epoch
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
 
     @property
     def batch_size(self) -> int:
         return self.classes_per_batch * self.samples_per_class
 
-    def set_epoch(self, epoch: int) -> None:
-        """Each epoch draws a different, reproducible sequence of batches."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
     def __iter__(self) -> Iterator[list[int]]:
         # One generator shared by all ranks (same seed): same class draw, different slices.
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = self._generator()
         m = self.samples_per_class
         lo, hi = self.rank * self.classes_per_batch, (self.rank + 1) * self.classes_per_batch
         for _ in range(self.batches_per_epoch):

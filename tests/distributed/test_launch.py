@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,11 @@ def test_two_process_launch_trains_every_run_once(tmp_path, tiny_prepared):
         "PYTHONPATH": str(Path.cwd()),
         "ACCELERATE_USE_CPU": "true",
     }
+    with socket.socket() as probe:  # a free port, so that runs beside this one cannot collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     launch = [Path(sys.executable).parent / "accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--main_process_port", str(port)]
     command = [*map(str, launch), "-m", "common.cli", "run", "multi_similarity", "--dataset", "omniglot"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -76,3 +76,20 @@ def test_built_by_name_from_the_registry():
         "m_per_class", labels=_labels(), classes_per_batch=3, samples_per_class=2, batches_per_epoch=4
     )
     assert isinstance(sampler, MPerClassBatchSampler) and len(list(sampler)) == 4
+
+
+def test_every_registered_sampler_shares_the_epoch_base_and_the_engine_arguments():
+    import common.samplers.m_per_class as m_per_class
+    from common.samplers import SAMPLERS
+    from common.samplers.base import EpochBatchSampler
+    from common.samplers.base import SamplerError as BaseSamplerError
+
+    assert m_per_class.SamplerError is BaseSamplerError is SamplerError
+    assert SAMPLERS.names() == ["class_balanced", "episodic", "m_per_class"]
+    engine_args = {"labels", "seed", "rank", "world_size", "batches_per_epoch"}
+    for name in SAMPLERS.names():
+        assert issubclass(SAMPLERS.get(name), EpochBatchSampler)
+        assert engine_args <= set(SAMPLERS.accepted_params(name)), name
+        sampler = build(name, labels=_labels(num_classes=16, per_class=16), batches_per_epoch=3, seed=2)
+        sampler.set_epoch(4)
+        assert len(sampler) == len(list(sampler)) == 3 and list(sampler) == list(sampler)

@@ -35,7 +35,7 @@ def _long_tailed_labels() -> torch.Tensor:
 def test_every_episode_has_n_way_classes_k_shots_and_q_queries_support_first():
     labels = _labels()
     n_way, k_shot, q_query = 5, 2, 3
-    sampler = EpisodicBatchSampler(labels, n_way, k_shot, q_query, episodes_per_epoch=30, seed=1)
+    sampler = EpisodicBatchSampler(labels, n_way, k_shot, q_query, batches_per_epoch=30, seed=1)
     episodes = list(sampler)
     assert len(episodes) == len(sampler) == 30
     for episode in episodes:
@@ -53,7 +53,7 @@ def test_every_episode_has_n_way_classes_k_shots_and_q_queries_support_first():
 
 def test_episode_targets_match_the_order_of_a_batch():
     labels = _labels()
-    episode = torch.tensor(next(iter(EpisodicBatchSampler(labels, 4, 3, 2, episodes_per_epoch=1))))
+    episode = torch.tensor(next(iter(EpisodicBatchSampler(labels, 4, 3, 2, batches_per_epoch=1))))
     support_t, query_t = episode_targets(4, 3, 2)
     support, query = split_episode(episode, 4, 3, 2)
     assert support_t.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
@@ -68,7 +68,7 @@ def test_episode_targets_match_the_order_of_a_batch():
 def test_episodes_cover_classes_and_samples_uniformly_enough():
     labels = _labels(num_classes=6, per_class=5)
     seen = torch.zeros(30)
-    for episode in EpisodicBatchSampler(labels, 3, 1, 1, episodes_per_epoch=400, seed=2):
+    for episode in EpisodicBatchSampler(labels, 3, 1, 1, batches_per_epoch=400, seed=2):
         seen[episode] += 1
     # each sample: 400 episodes * (3/6 classes) * (2/5 samples) = 80 expected
     assert seen.min() > 50 and seen.max() < 115
@@ -76,15 +76,15 @@ def test_episodes_cover_classes_and_samples_uniformly_enough():
 
 def test_episodes_are_reproducible_and_differ_by_epoch_and_seed():
     labels = _labels()
-    a = EpisodicBatchSampler(labels, 5, 1, 2, episodes_per_epoch=10, seed=3)
-    b = EpisodicBatchSampler(labels, 5, 1, 2, episodes_per_epoch=10, seed=3)
+    a = EpisodicBatchSampler(labels, 5, 1, 2, batches_per_epoch=10, seed=3)
+    b = EpisodicBatchSampler(labels, 5, 1, 2, batches_per_epoch=10, seed=3)
     a.set_epoch(2)
     b.set_epoch(2)
     assert list(a) == list(b)
     assert list(a) == list(a), "iterating twice changes the episodes"
     b.set_epoch(3)
     assert list(a) != list(b)
-    c = EpisodicBatchSampler(labels, 5, 1, 2, episodes_per_epoch=10, seed=4)
+    c = EpisodicBatchSampler(labels, 5, 1, 2, batches_per_epoch=10, seed=4)
     c.set_epoch(2)
     assert list(a) != list(c)
 
@@ -92,10 +92,10 @@ def test_episodes_are_reproducible_and_differ_by_epoch_and_seed():
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_draw_different_episodes_dealt_from_one_stream(world_size):
     labels = _labels()
-    single = list(EpisodicBatchSampler(labels, 4, 1, 2, episodes_per_epoch=8 * world_size, seed=5))
+    single = list(EpisodicBatchSampler(labels, 4, 1, 2, batches_per_epoch=8 * world_size, seed=5))
     ranks = [
         list(
-            EpisodicBatchSampler(labels, 4, 1, 2, episodes_per_epoch=8, seed=5, rank=r, world_size=world_size)
+            EpisodicBatchSampler(labels, 4, 1, 2, batches_per_epoch=8, seed=5, rank=r, world_size=world_size)
         )
         for r in range(world_size)
     ]
@@ -105,13 +105,14 @@ def test_ranks_draw_different_episodes_dealt_from_one_stream(world_size):
         assert len({tuple(e) for e in step}) == world_size, "two ranks drew the same episode"
 
 
-def test_batches_per_epoch_is_an_alias_of_episodes_per_epoch():
+def test_an_epoch_is_batches_per_epoch_episodes():
     labels = _labels()
     assert len(EpisodicBatchSampler(labels, 5, 1, 2, batches_per_epoch=7)) == 7
-    assert len(EpisodicBatchSampler(labels, 5, 1, 2, episodes_per_epoch=7, batches_per_epoch=7)) == 7
     assert len(EpisodicBatchSampler(labels, 5, 1, 2)) == 100
-    with pytest.raises(SamplerError, match="name the same number"):
-        EpisodicBatchSampler(labels, 5, 1, 2, episodes_per_epoch=7, batches_per_epoch=8)
+    with pytest.raises(SamplerError, match="batches_per_epoch must be >= 1"):
+        EpisodicBatchSampler(labels, 5, 1, 2, batches_per_epoch=0)
+    with pytest.raises(TypeError, match="episodes_per_epoch"):
+        EpisodicBatchSampler(labels, 5, 1, 2, episodes_per_epoch=7)
 
 
 def test_impossible_episodes_fail_with_a_clear_message():
