@@ -18,10 +18,9 @@ from pytorch_metric_learning import miners as pml_miners
 
 from common.losses import LOSSES, EmbeddingLoss, MultiSimilarityMiner, build
 from common.registry import BuildError
+from tests.unit.loss_testing import DTYPES, assert_close, tiny_batch, value_and_grads
 
-DTYPES = [torch.float32, torch.float64]
 # (rtol, atol relative to the largest reference entry)
-TOL = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-5, 1e-9)}
 
 # Every configuration of the registered losses that the tests sweep.
 CONFIGS = [
@@ -39,12 +38,6 @@ CONFIGS = [
     ("triplet", {"triplets": "batch_hard", "margin": 0.3}),
 ]
 CONFIG_IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CONFIGS]
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    rtol, atol_rel = TOL[dtype]
-    atol = atol_rel * max(float(expected.detach().abs().max()), 1e-30)
-    torch.testing.assert_close(actual.detach(), expected.detach(), rtol=rtol, atol=atol)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,26 +119,6 @@ ORACLES = {
 }
 
 
-def tiny_batch(dtype, seed, n=10, ref_n=None):
-    g = torch.Generator().manual_seed(seed)
-    # 3 classes plus a singleton (an anchor without positives), in a random order
-    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3] * 2)[:n]
-    labels = labels[torch.randperm(n, generator=g)]
-    x = torch.randn(n, 4, generator=g, dtype=torch.float64).to(dtype)
-    if ref_n is None:
-        return x, labels, None, None
-    ref_labels = torch.randint(0, 4, (ref_n,), generator=g)
-    ref = torch.randn(ref_n, 4, generator=g, dtype=torch.float64).to(dtype)
-    return x, labels, ref, ref_labels
-
-
-def _value_and_grads(fn, tensors):
-    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
-    value = fn(*leaves)
-    grads = torch.autograd.grad(value, leaves, allow_unused=True)
-    return value, [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -159,7 +132,7 @@ def test_against_loop_oracle(name, kwargs, dtype, seed):
     leaf = x.clone().requires_grad_(True)
     value = loss(leaf, labels)
     value.backward()
-    expected, (expected_grad,) = _value_and_grads(lambda t: oracle(t, lab, **kwargs), [x])
+    expected, (expected_grad,) = value_and_grads(lambda t: oracle(t, lab, **kwargs), [x])
 
     assert value.dtype == dtype and value.ndim == 0
     assert float(expected.detach()) > 0, "the tiny batch should give a non-trivial loss"
@@ -175,8 +148,8 @@ def test_ref_emb_against_loop_oracle(name, kwargs, dtype):
     oracle = ORACLES[name]
     lab, rlab = labels.tolist(), ref_labels.tolist()
 
-    value, grads = _value_and_grads(lambda q, r: loss(q, labels, r, ref_labels), [x, ref])
-    expected, expected_grads = _value_and_grads(lambda q, r: oracle(q, lab, r, rlab, **kwargs), [x, ref])
+    value, grads = value_and_grads(lambda q, r: loss(q, labels, r, ref_labels), [x, ref])
+    expected, expected_grads = value_and_grads(lambda q, r: oracle(q, lab, r, rlab, **kwargs), [x, ref])
 
     assert float(expected.detach()) > 0
     assert_close(value, expected, dtype)
@@ -217,8 +190,8 @@ def _cos_distance():
 
 
 def _compare(ours, reference, x, dtype):
-    value, (grad,) = _value_and_grads(ours, [x])
-    expected, (expected_grad,) = _value_and_grads(reference, [x])
+    value, (grad,) = value_and_grads(ours, [x])
+    expected, (expected_grad,) = value_and_grads(reference, [x])
     assert float(expected.detach()) > 0
     assert_close(value, expected, dtype)
     assert_close(grad, expected_grad, dtype)
@@ -339,10 +312,8 @@ def test_ref_emb_matches_pml(name, kwargs, reference):
     x, labels = random_batch(torch.float64, 7, n=40, balanced=True)
     ref_emb, ref_labels = random_batch(torch.float64, 8, n=60, balanced=True)
     ours, ref = build(name, **kwargs), reference()
-    value, grads = _value_and_grads(lambda q, r: ours(q, labels, r, ref_labels), [x, ref_emb])
-    expected, expected_grads = _value_and_grads(
-        lambda q, r: ref(q, labels, None, r, ref_labels), [x, ref_emb]
-    )
+    value, grads = value_and_grads(lambda q, r: ours(q, labels, r, ref_labels), [x, ref_emb])
+    expected, expected_grads = value_and_grads(lambda q, r: ref(q, labels, None, r, ref_labels), [x, ref_emb])
     assert_close(value, expected, torch.float64)
     for got, want in zip(grads, expected_grads, strict=True):
         assert_close(got, want, torch.float64)

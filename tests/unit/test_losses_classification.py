@@ -16,16 +16,9 @@ import torch.nn.functional as F
 
 from common.losses import LOSSES, ClassificationLoss, build, effective_number_weights
 from common.registry import BuildError
+from tests.unit.loss_testing import DTYPES, assert_close
 
-DTYPES = [torch.float32, torch.float64]
-TOL = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-5, 1e-9)}
 COUNTS = [500, 200, 80, 30, 10]  # a long-tailed class distribution (C = 5)
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    rtol, atol_rel = TOL[dtype]
-    atol = atol_rel * max(float(expected.detach().abs().max()), 1e-30)
-    torch.testing.assert_close(actual.detach(), expected.detach(), rtol=rtol, atol=atol)
 
 
 def batch(dtype, seed, n=16, num_classes=5, scale=2.0):

@@ -17,9 +17,8 @@ from pytorch_metric_learning import losses as pml_losses
 
 from common.losses import LOSSES, ArcFaceHead, MarginHead, SubCenterArcFaceHead, build
 from common.registry import BuildError
+from tests.unit.loss_testing import DTYPES, assert_close
 
-DTYPES = [torch.float32, torch.float64]
-TOL = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-5, 1e-9)}
 HEADS = ["normface", "cosface", "arcface", "subcenter_arcface"]
 
 CONFIGS = [
@@ -40,12 +39,6 @@ DEFAULTS = {
     "arcface": {"scale": 64.0, "margin": 0.5, "easy_margin": False},
     "subcenter_arcface": {"scale": 64.0, "margin": 0.5, "subcenters": 3, "easy_margin": False},
 }
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    rtol, atol_rel = TOL[dtype]
-    atol = atol_rel * max(float(expected.detach().abs().max()), 1e-30)
-    torch.testing.assert_close(actual.detach(), expected.detach(), rtol=rtol, atol=atol)
 
 
 # ----------------------------------------------------------------------------------------------------------
