@@ -206,5 +206,5 @@ def run_paper(
             for other in checkpoint_dir.parent.glob(f"seed{run.seed}-*"):
                 if other != checkpoint_dir:
                     shutil.rmtree(other)
-    accelerator.wait_for_everyone()
+    accelerator.end_training()  # waits for every rank, then closes the process group before exit
     return sorted(planned)

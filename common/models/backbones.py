@@ -16,10 +16,10 @@ from common.registry import Registry
 MODELS: Registry[nn.Module] = Registry("model")
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+def _conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm),
+        nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity(),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
@@ -41,15 +41,24 @@ class EmbeddingNet(nn.Module):
 
 @MODELS.register("conv4")
 def conv4(
-    embedding_dim: int = 64, hidden_channels: int = 64, in_channels: int = 1, blocks: int = 4
+    embedding_dim: int = 64,
+    hidden_channels: int = 64,
+    in_channels: int = 1,
+    blocks: int = 4,
+    batch_norm: bool = True,
 ) -> EmbeddingNet:
-    """Four conv blocks (Vinyals et al. 2016; Snell et al. 2017) + linear head; 28x28 input -> 1x1 map."""
+    """Four conv blocks (Vinyals et al. 2016; Snell et al. 2017) + linear head; 28x28 input -> 1x1 map.
+
+    BatchNorm normalizes over each process's own batch (no SyncBatchNorm, which has no CPU kernel), so N
+    processes differ from one process with the N-fold batch; ``batch_norm=False`` (a biased conv instead)
+    makes them train alike.
+    """
     if embedding_dim < 0:
         raise ValueError(f"embedding_dim must be >= 0 (0 = no head), got {embedding_dim}")
     if hidden_channels < 1 or in_channels < 1 or blocks < 1:
         raise ValueError("hidden_channels, in_channels and blocks must be >= 1")
-    layers = [_conv_block(in_channels, hidden_channels)]
-    layers += [_conv_block(hidden_channels, hidden_channels) for _ in range(blocks - 1)]
+    layers = [_conv_block(in_channels, hidden_channels, batch_norm)]
+    layers += [_conv_block(hidden_channels, hidden_channels, batch_norm) for _ in range(blocks - 1)]
     backbone = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return EmbeddingNet(backbone, hidden_channels, embedding_dim)
 

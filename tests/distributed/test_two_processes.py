@@ -50,6 +50,10 @@ def test_gathered_losses_give_single_process_gradients(tmp_path):
     for result in results:
         for name in GATHERED_LOSSES:
             w = weight.clone().requires_grad_(True)
-            losses.build(name)(inputs @ w, labels).backward()
-            assert w.grad.abs().sum() > 0
-            torch.testing.assert_close(torch.tensor(result["grads"][name], dtype=torch.float64), w.grad)
+            criterion = losses.build(name).double()
+            criterion(inputs @ w, labels).backward()
+            params = [w, *criterion.parameters()]
+            assert len(result["grads"][name]) == len(params)
+            for gathered, param in zip(result["grads"][name], params, strict=True):
+                assert param.grad.abs().sum() > 0
+                torch.testing.assert_close(torch.tensor(gathered, dtype=torch.float64), param.grad)

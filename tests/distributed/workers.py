@@ -27,6 +27,7 @@ GATHERED_LOSSES = [
     "ntxent",
     "supcon",
     "align_uniform",
+    "siglip",
 ]
 
 
@@ -61,10 +62,13 @@ def gradient_worker(accelerator: Accelerator) -> dict:
     grads = {}
     for name in GATHERED_LOSSES:
         w = weight.clone().requires_grad_(True)
-        loss = losses.build(name)(gather_with_grad(inputs[local] @ w), gather_with_grad(labels[local]))
+        criterion = losses.build(name).double()
+        loss = criterion(gather_with_grad(inputs[local] @ w), gather_with_grad(labels[local]))
         loss.backward()
-        dist.all_reduce(w.grad)  # what DDP does, followed by its division by the world size
-        grads[name] = (w.grad / world).tolist()
+        grads[name] = []
+        for param in [w, *criterion.parameters()]:  # siglip's temperature and bias too
+            dist.all_reduce(param.grad)  # what DDP does, followed by its division by the world size
+            grads[name].append((param.grad / world).tolist())
     return {"grads": grads}
 
 
@@ -74,3 +78,4 @@ if __name__ == "__main__":
     result = {"sampler": sampler_worker, "gradients": gradient_worker}[kind](accelerator)
     result.update(world_size=accelerator.num_processes, pid=os.getpid())
     (out / f"{kind}{accelerator.process_index}.json").write_text(json.dumps(result))
+    accelerator.end_training()  # waits for every rank, then destroys the gloo group before its threads die
