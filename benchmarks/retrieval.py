@@ -20,7 +20,7 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
-from common.metrics import retrieval_metrics
+from common.metrics.retrieval import retrieval_metrics
 
 PAIRS = {
     "precision_at_1": "precision_at_1",

@@ -24,9 +24,9 @@ from pathlib import Path
 import yaml
 
 from common.config import resolve_runs
+from common.pipeline import report_stage, run_code_hash, run_stage
 from common.records import read_paper_records
 from common.staleness import stale_stages
-from common.tracking.provenance import code_fingerprint
 
 
 @dataclass
@@ -68,7 +68,7 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
         result.problems.append(f"records/{slug}: no run records behind {report}")
         return result
     current = {(r.dataset, r.method, r.seed): r for r in resolve_runs(slug, params_path)}
-    code_hash = code_fingerprint(Path("common").resolve(), Path("papers", slug).resolve())
+    code_hashes = {d: run_code_hash(slug, d, params_path) for d in {r["dataset"] for r in records}}
     lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
     stale = stale_stages(dvc=dvc)
     fingerprints: dict[str, str | None] = {}
@@ -76,7 +76,8 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
     for record in records:
         key = (record["dataset"], record["method"], record["seed"])
         prov = record["provenance"]
-        stage = f"run@{slug}-{record['dataset']}"
+        stage = run_stage(slug, record["dataset"])
+        code_hash = code_hashes[record["dataset"]]
         name = f"{record['dataset']}/{record['method']}/seed{record['seed']}"
         result.lines.append(
             f"{name}: MLflow run {prov['mlflow_run_id']} (experiment {prov['mlflow_experiment']}), commit "
@@ -124,7 +125,7 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
             if run.info.status != "FINISHED":
                 result.problems.append(f"{name}: MLflow run status {run.info.status}")
 
-    for stage in sorted({f"run@{slug}-{r['dataset']}" for r in records} | {f"report@{slug}"}):
+    for stage in sorted({run_stage(slug, r["dataset"]) for r in records} | {report_stage(slug)}):
         locked = (lock or {}).get("stages", {}).get(stage)
         if locked is None:
             result.problems.append(f"{stage}: not in dvc.lock")

@@ -1,55 +1,51 @@
 """``repro``: the commands the DVC stages run, and that a researcher runs by hand.
 
     repro papers                     list the papers and their claim verdicts
-    repro prepare DATASET            raw source -> data/prepared/DATASET (a DVC stage)
-    repro run PAPER [--dataset D]    train and evaluate a paper's runs (a DVC stage)
-    repro report PAPER               records -> reports/PAPER.md (a DVC stage)
-    repro index                      reports/README.md (a DVC stage)
+    repro prepare DATASET            raw source -> data/prepared/DATASET (python -m common.data.prepare)
+    repro run PAPER [--dataset D]    train and evaluate a paper's runs (python -m common.runner)
+    repro report PAPER               records -> reports/PAPER.md (python -m common.report.build)
+    repro index                      reports/README.md (python -m common.report.build --index)
+    repro dvc-yaml [--check]         write dvc.yaml: every stage with exactly the code it imports
     repro audit REPORT               trace a report's numbers to runs, commits, stages; flag drift
     repro check-reports              fail if a committed report is stale (CI runs it)
 
-Errors that the user can fix (bad params, missing data, a NaN loss) are printed without a traceback
-and exit with status 2.
+The DVC stages run the stage modules directly, so that each stage depends on its own code only (see
+common/pipeline.py). Errors that the user can fix (bad params, missing data, a NaN loss) are printed without a
+traceback and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from common.errors import run_command
+from common.params import ConfigError
 
-
-def _prepare(args: argparse.Namespace) -> None:
-    from common.config import load_params
-    from common.data.prepare import prepare
-
-    params, _ = load_params(args.params)
-    source_dir = (params.data.get(args.dataset) or {}).get("source_dir")
-    summary = prepare(args.dataset, Path(args.out or f"data/prepared/{args.dataset}"), source_dir=source_dir)
-    print(f"{args.dataset}: {summary}")
-
-
-def _run(args: argparse.Namespace) -> None:
-    from common.runner import run_paper
-
-    run_paper(args.paper, dataset=args.dataset, params_path=Path(args.params), profile=args.profile)
-
-
-def _report(args: argparse.Namespace) -> None:
-    from common.report.build import build_report
-
-    print(build_report(args.paper, params_path=Path(args.params)))
+# Each stage's command lives in its own module (its closure is the stage's code deps); `repro NAME ...` runs it.
+STAGE_MODULES = {"prepare": "common.data.prepare", "run": "common.runner", "report": "common.report.build"}
 
 
 def _index(args: argparse.Namespace) -> None:
     from common.report.build import build_index
 
     print(build_index())
+
+
+def _dvc_yaml(args: argparse.Namespace) -> None:
+    from common.pipeline import render_dvc_yaml
+
+    text = render_dvc_yaml(Path(args.params))
+    current = Path("dvc.yaml").read_text() if Path("dvc.yaml").is_file() else ""
+    if args.check:
+        if text != current:
+            raise ConfigError("dvc.yaml is out of date with the code and params; run `repro dvc-yaml`")
+        print("dvc.yaml is current")
+        return
+    Path("dvc.yaml").write_text(text)
+    print("dvc.yaml written" if text != current else "dvc.yaml unchanged")
 
 
 def _papers(args: argparse.Namespace) -> None:
@@ -67,7 +63,6 @@ def _papers(args: argparse.Namespace) -> None:
 
 
 def _check_reports(args: argparse.Namespace) -> None:
-    from common.config import ConfigError
     from common.staleness import stale_stages
 
     stale = stale_stages(dvc=str(Path(sys.executable).parent / "dvc"))
@@ -102,23 +97,19 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="turn a raw dataset into data/prepared/<dataset>")
-    p.add_argument("dataset", help="fashion_mnist or omniglot")
-    p.add_argument("--out", help="output directory (default: data/prepared/<dataset>)")
-    p.set_defaults(func=_prepare)
-
-    p = sub.add_parser("run", help="train and evaluate every (dataset, method, seed) run of a paper")
-    p.add_argument("paper")
-    p.add_argument("--dataset", help="only this dataset of the paper")
-    p.add_argument("--profile", choices=["smoke", "cpu", "gpu"], help="override params.yaml's profile")
-    p.set_defaults(func=_run)
-
-    p = sub.add_parser("report", help="write reports/<paper>.md from the run records")
-    p.add_argument("paper")
-    p.set_defaults(func=_report)
+    for name, what in (
+        ("prepare", "raw source -> data/prepared/<dataset>"),
+        ("run", "train and evaluate every (dataset, method, seed) run of a paper"),
+        ("report", "records -> reports/<paper>.md"),
+    ):  # parsed by their own modules (see main); listed here for --help
+        sub.add_parser(name, help=f"{what} (python -m {STAGE_MODULES[name]}; see `repro {name} --help`)")
 
     p = sub.add_parser("index", help="write reports/README.md from the paper reports")
     p.set_defaults(func=_index)
+
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml: the stages with the exact code each one imports")
+    p.add_argument("--check", action="store_true", help="only check that dvc.yaml is current")
+    p.set_defaults(func=_dvc_yaml)
 
     p = sub.add_parser("audit", help="trace every number of a report to its runs and check for drift")
     p.add_argument("report", help="e.g. reports/multi_similarity.md")
@@ -133,23 +124,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.config import ConfigError
-    from common.data.sources import DataSourceError
-    from common.engine.trainer import NonFiniteLossError
-    from common.records import RecordError
-    from common.registry import BuildError
-    from common.samplers import SamplerError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in STAGE_MODULES:
+        import importlib
 
+        return importlib.import_module(STAGE_MODULES[argv[0]]).main(argv[1:])
     args = parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ConfigError, DataSourceError, NonFiniteLossError, RecordError, BuildError, SamplerError) as err:
-        print(f"repro {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"repro {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(f"repro {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

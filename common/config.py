@@ -15,25 +15,20 @@ training starts: a typo or an out-of-range value fails at once with the key path
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from common.params import ConfigError, deep_merge, format_validation_error, load_params
 from common.registry import BuildError
 
 PROFILES = ("smoke", "cpu", "gpu")
 # Sampler arguments the engine fills in from the data, the run and the process group.
 ENGINE_SAMPLER_ARGS = frozenset({"labels", "seed", "rank", "world_size", "batches_per_epoch"})
 DATASETS = ("fashion_mnist", "omniglot")
-
-
-class ConfigError(ValueError):
-    """params.yaml (or a paper's files) says something that cannot run; the message names the key."""
 
 
 class Component(BaseModel):
@@ -126,65 +121,26 @@ class PaperSection(BaseModel):
         return methods
 
 
-class Params(BaseModel):
-    """The top level of params.yaml."""
-
-    model_config = ConfigDict(extra="allow")
-    profile: Literal["smoke", "cpu", "gpu"] = "cpu"
-    launcher: str = "python"
-    data: dict[str, dict[str, Any]] = {}
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _format_validation_error(where: str, err: ValidationError) -> str:
-    lines = [f"{where}:"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        got = e.get("input")
-        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {key}: {e['msg']}{got_text}")
-    return "\n".join(lines)
-
-
-def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found (run from the repository root, or pass the params file)")
+def load_paper_section(paper: str, params_path: str | Path = "params.yaml") -> PaperSection:
+    """The validated ``paper`` section of params.yaml."""
+    _, raw = load_params(params_path)
+    if paper not in raw:
+        raise ConfigError(f"{params_path}: no section {paper!r} for this paper")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return Params.model_validate(raw), raw
+        return PaperSection.model_validate(raw[paper])
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(str(path), err)) from err
+        raise ConfigError(format_validation_error(f"{params_path}: {paper}", err)) from err
 
 
 def resolve_runs(
     paper: str, params_path: str | Path = "params.yaml", profile: str | None = None
 ) -> list[RunConfig]:
     """All runs of ``paper`` under ``profile`` (default: params.yaml's), validated and build-checked."""
-    params, raw = load_params(params_path)
+    params, _ = load_params(params_path)
     profile = profile or params.profile
     if profile not in PROFILES:
         raise ConfigError(f"{params_path}: profile {profile!r} unknown; accepted: {', '.join(PROFILES)}")
-    if paper not in raw:
-        raise ConfigError(f"{params_path}: no section {paper!r} for this paper")
-    try:
-        section = PaperSection.model_validate(raw[paper])
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(f"{params_path}: {paper}", err)) from err
+    section = load_paper_section(paper, params_path)
     if profile not in section.profiles:
         raise ConfigError(
             f"{params_path}: {paper}.profiles has no {profile!r}; it has {sorted(section.profiles)}"
@@ -217,7 +173,7 @@ def resolve_runs(
                 try:
                     run = RunConfig.model_validate({**merged, **fields})
                 except ValidationError as err:
-                    raise ConfigError(_format_validation_error(where, err)) from err
+                    raise ConfigError(format_validation_error(where, err)) from err
                 check_components(run, where)
                 runs.append(run)
     return runs

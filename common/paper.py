@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from common.config import ConfigError, _format_validation_error
+from common.params import ConfigError, format_validation_error
 
 PAPERS_ROOT = Path(__file__).resolve().parent.parent / "papers"
 
@@ -65,7 +65,7 @@ def load_paper(slug: str, root: Path = PAPERS_ROOT) -> PaperMeta:
     try:
         meta = PaperMeta.model_validate(yaml.safe_load(path.read_text()))
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(str(path), err)) from err
+        raise ConfigError(format_validation_error(str(path), err)) from err
     if meta.slug != slug:
         raise ConfigError(f"{path}: slug {meta.slug!r} differs from its folder name {slug!r}")
     return meta

@@ -13,11 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+
 SCHEMA_VERSION = 1
 RECORDS_ROOT = Path("records")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record file that is missing, unreadable or of another schema version."""
 
 

@@ -8,25 +8,52 @@ fails at build time with the list of what is accepted, not deep inside training.
 Range checks (a negative margin, a temperature of zero) belong to the constructor itself: it
 raises ``ValueError`` naming the argument, which ``build`` re-raises as ``BuildError`` with the
 registry's kind and the name in front.
+
+A registry given a ``package`` finds a name it does not hold yet in the module of that name
+(``"circle"`` -> ``common.losses.circle``) and imports it on first use. A run then imports only the
+building blocks its config names, which is what lets each pipeline stage depend on exactly that code
+(``common.pipeline``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
+import pkgutil
 from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
+
+from common.errors import UserError
 
 T = TypeVar("T")
 
 
-class BuildError(ValueError):
+class BuildError(UserError, ValueError):
     """A name or hyper-parameter that a registry cannot build."""
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
         self._entries: dict[str, Callable[..., T]] = {}
+
+    def module_of(self, name: str) -> str | None:
+        """The module that registers ``name`` by the naming rule (``None`` without a package or module)."""
+        if self.package is None or not isinstance(name, str) or not name.isidentifier():
+            return None
+        module = f"{self.package}.{name}"
+        return module if importlib.util.find_spec(module) is not None else None
+
+    def _load(self, name: str) -> None:
+        if name not in self._entries and (module := self.module_of(name)) is not None:
+            importlib.import_module(module)
+
+    def _load_all(self) -> None:
+        if self.package is not None:
+            for info in pkgutil.iter_modules(importlib.import_module(self.package).__path__):
+                self._load(info.name)
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
@@ -38,12 +65,16 @@ class Registry(Generic[T]):
         return decorator
 
     def names(self) -> list[str]:
+        """Every name, those of modules not imported yet included."""
+        self._load_all()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load(name)  # type: ignore[arg-type]
         return name in self._entries
 
     def get(self, name: str) -> Callable[..., T]:
+        self._load(name)
         if name not in self._entries:
             raise BuildError(f"unknown {self.kind} {name!r}; accepted: {', '.join(self.names())}")
         return self._entries[name]

@@ -1,4 +1,7 @@
-"""One paper's ``run`` stage: every (dataset, method, seed) run of the active profile.
+"""One paper's run stage: every (dataset, method, seed) run of the active profile.
+
+    python -m common.runner PAPER [--dataset D] [--profile smoke|cpu|gpu]   (the stage's command)
+    accelerate launch --multi_gpu --num_processes N -m common.runner PAPER ...
 
 Before any compute, every run's config is resolved and validated and the prepared data is found.
 Then, for each run: a record with the same config hash means the run is done and is skipped; else
@@ -8,8 +11,10 @@ its record. Records of runs no longer in the plan are removed, so the records ma
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
 import time
 from datetime import UTC, datetime
 from functools import cache
@@ -20,14 +25,17 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from common import samplers
-from common.config import ConfigError, RunConfig, resolve_runs
+from common.config import RunConfig, resolve_runs
 from common.data.loading import data_fingerprint, load_prepared
 from common.engine.trainer import SplitTensors, fit_and_evaluate, to_model_input
+from common.errors import run_command
 from common.paper import check_claims, load_paper
+from common.params import ConfigError
+from common.pipeline import run_code_hash, run_stage
 from common.records import read_record, record_path, write_record
 from common.registry import BuildError
 from common.tracking import RunTracker, mark_abandoned
-from common.tracking.provenance import code_fingerprint, git_commit, git_dirty, hardware, versions
+from common.tracking.provenance import git_commit, git_dirty, hardware, versions
 
 PREPARED_ROOT = Path("data/prepared")
 CHECKPOINTS_ROOT = Path("checkpoints")
@@ -122,12 +130,13 @@ def run_paper(
                 stale.unlink()
 
     commit, dirty = git_commit(), git_dirty()
-    package_root = Path(__file__).resolve().parent
-    code_hash = code_fingerprint(package_root, package_root.parent / "papers" / paper)
+    code_hashes = {name: run_code_hash(paper, name, params_path) for name in {r.dataset for r in runs}}
     todo = [
         r
         for r in runs
-        if not _is_done(record_path(records_root, paper, r.dataset, r.method, r.seed), r, code_hash)
+        if not _is_done(
+            record_path(records_root, paper, r.dataset, r.method, r.seed), r, code_hashes[r.dataset]
+        )
     ]
     if main:
         print(
@@ -135,6 +144,7 @@ def run_paper(
         )
     for run in tqdm(todo, desc=f"{paper} runs", disable=not main):
         path = record_path(records_root, paper, run.dataset, run.method, run.seed)
+        code_hash = code_hashes[run.dataset]
         checkpoint_dir = _checkpoint_dir(checkpoints_root, run, code_hash)
         attempts_file = checkpoint_dir / ATTEMPTS_FILE
         earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
@@ -150,7 +160,7 @@ def run_paper(
             "seed": run.seed,
             "git_commit": commit,
             "git_dirty": dirty,
-            "dvc_stage": f"run@{paper}",
+            "dvc_stage": run_stage(paper, run.dataset),
             "params_hash": run.config_hash(),
             "code_hash": code_hash,
             "data_fingerprint": fingerprint,
@@ -208,3 +218,25 @@ def run_paper(
                     shutil.rmtree(other)
     accelerator.end_training()  # waits for every rank, then closes the process group before exit
     return sorted(planned)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.runner",
+        description="Train and evaluate every (dataset, method, seed) run of a paper; skip those already done.",
+    )
+    parser.add_argument("paper")
+    parser.add_argument("--dataset", help="only this dataset of the paper")
+    parser.add_argument("--profile", choices=["smoke", "cpu", "gpu"], help="override params.yaml's profile")
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    return run_command(
+        "run",
+        lambda: run_paper(
+            args.paper, dataset=args.dataset, params_path=Path(args.params), profile=args.profile
+        ),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,18 +4,23 @@
   addresses), ``DataSourceError`` (every data failure, with a message that says what to do);
 - :mod:`common.data.fashion_mnist`, :mod:`common.data.omniglot`: one module a dataset, each with
   ``build(source_dir=None, ...) -> DatasetDict`` and its checksums as defaults;
-- :mod:`common.data.prepare`: the ``prepare@<dataset>`` stage, ``python -m common.data.prepare``;
+- :mod:`common.data.prepare`: the ``prepare-<dataset>`` stage, ``python -m common.data.prepare``;
 - :mod:`common.data.loading`: ``load_prepared(path, split) -> (uint8 images, int64 labels)`` and
   ``data_fingerprint(path)`` for provenance.
 
-The names below are imported lazily, so that importing this package does not import ``datasets`` (and
-``prepare`` can set ``HF_HUB_OFFLINE`` before it is).
+Nothing here needs the Hugging Face hub: importing this package sets ``HF_HUB_OFFLINE`` and
+``HF_DATASETS_OFFLINE`` (unless already set) before anything imports ``datasets``, which reads them on import;
+the names below are imported lazily for the same reason.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from common.data.sources import DataSourceError, RawFile, resolve
 

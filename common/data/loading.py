@@ -68,7 +68,7 @@ def dataset_from_columns(columns: Mapping[str, Any], features: Any, split: str) 
 
 def _missing(path: Path, what: str) -> PreparedDataMissingError:
     return PreparedDataMissingError(
-        f"no prepared dataset at {path} ({what}); make it with `dvc repro prepare@{path.name}` "
+        f"no prepared dataset at {path} ({what}); make it with `dvc repro prepare-{path.name}` "
         f"(or `python -m common.data.prepare {path.name} --out {path}`)"
     )
 

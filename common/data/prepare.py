@@ -10,23 +10,21 @@ stderr and exits with status 2, without a traceback.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# Nothing here needs the Hugging Face hub: stay offline unless told otherwise (read by `datasets` on import).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from common.data.loading import data_fingerprint  # noqa: E402
-from common.data.sources import DataSourceError  # noqa: E402
+from common.data.loading import data_fingerprint
+from common.data.sources import DataSourceError
+from common.errors import UserError
+from common.params import load_params
 
 # dataset name -> its module, which has `build(source_dir, *, download_dir, allow_download, ...)`
 # and `DEFAULT_DOWNLOAD_DIR`
@@ -121,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m common.data.prepare", description=__doc__.split("\n\n")[1]
     )
     parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("--out", help="where to save the DatasetDict (default: data/prepared/<dataset>)")
     parser.add_argument(
-        "--out", required=True, help="where to save the DatasetDict, e.g. data/prepared/<dataset>"
+        "--source-dir",
+        default=None,
+        help="a local directory holding the raw files, tried first (default: params data.<dataset>.source_dir)",
     )
-    parser.add_argument(
-        "--source-dir", default=None, help="a local directory holding the raw files (tried first)"
-    )
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     parser.add_argument("--raw-dir", default=None, help="where downloads go (default: data/raw/<dataset>)")
     parser.add_argument("--no-download", action="store_true", help="never download; fail if no local source")
     args = parser.parse_args(argv)
@@ -134,14 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     start = time.perf_counter()
     try:
+        source_dir = args.source_dir
+        if source_dir is None and Path(args.params).is_file():
+            source_dir = (load_params(args.params)[0].data.get(args.dataset) or {}).get("source_dir")
         summary = prepare(
             args.dataset,
-            args.out,
-            source_dir=args.source_dir,
+            args.out or f"data/prepared/{args.dataset}",
+            source_dir=source_dir,
             raw_dir=args.raw_dir,
             allow_download=not args.no_download,
         )
-    except DataSourceError as err:
+    except UserError as err:
         print(f"prepare {args.dataset}: {err}", file=sys.stderr)
         return 2
     finally:

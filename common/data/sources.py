@@ -33,13 +33,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT_S = 60.0
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(UserError, RuntimeError):
     """A raw or prepared data source that cannot be found, fetched or trusted; the message says what to do."""
 
 

@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 from common import losses, models, optim, samplers
 from common.config import RunConfig
 from common.engine.distributed import gather_with_grad
-from common.metrics import retrieval_metrics
+from common.errors import UserError
+from common.metrics.retrieval import retrieval_metrics
 
 CHECKPOINT_PREFIX = "epoch_"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or infinite; the run stops and is marked failed."""
 
 

@@ -1,15 +1,20 @@
-"""Pair/embedding losses, built by name: ``build("multi_similarity", alpha=2.0)``.
+"""Losses, built by name: ``build("multi_similarity", alpha=2.0)``.
 
-Every loss takes ``(embeddings, labels, ref_emb=None, ref_labels=None)`` and returns a scalar computed on the
-cosine similarity of L2-normalised embeddings (see :mod:`common.losses.base`). Registered names:
-``multi_similarity``, ``contrastive``, ``triplet``; ``circle``, ``ntxent``, ``supcon``, ``siglip``,
-``align_uniform``, ``prototypical`` (:mod:`common.losses.contrastive`; ``prototypical`` works on raw
-embeddings, with ``ref_emb`` as the support set).
+Each registered loss lives in the module of its name, ``common/losses/<name>.py`` (``"circle"`` ->
+:mod:`common.losses.circle`), imported lazily by :data:`LOSSES` on first use of the name, so a run imports
+only the losses its config names. Import a class from its module (``from common.losses.circle import
+CircleLoss``); this package exports only ``LOSSES`` and ``build``.
 
-Margin/proxy heads (:mod:`common.losses.proxy`) own their class weights and take ``(embeddings, labels)``:
-``normface``, ``cosface``, ``arcface``, ``subcenter_arcface``. Classification losses
-(:mod:`common.losses.classification`) take ``(logits, targets)``: ``cross_entropy``, ``focal``, ``poly1``,
-``squentropy``, ``ldam``.
+Pair/embedding losses take ``(embeddings, labels, ref_emb=None, ref_labels=None)`` and return a scalar
+computed on the cosine similarity of L2-normalised embeddings (shared base and helpers:
+:mod:`common.losses.base`; miners: :mod:`common.losses.miners`): ``multi_similarity``, ``contrastive``,
+``triplet``, ``circle``, ``ntxent``, ``supcon``, ``siglip``, ``align_uniform``, ``prototypical``
+(``prototypical`` works on raw embeddings, with ``ref_emb`` as the support set).
+
+Margin/proxy heads own their class weights and take ``(embeddings, labels)`` (shared base:
+:mod:`common.losses.margin`): ``normface``, ``cosface``, ``arcface``, ``subcenter_arcface``. Classification
+losses take ``(logits, targets)`` (shared base: :mod:`common.losses.classification`): ``cross_entropy``,
+``focal``, ``poly1``, ``squentropy``, ``ldam``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import nn
 
 from common.registry import Registry
 
-LOSSES: Registry[nn.Module] = Registry("loss")
+LOSSES: Registry[nn.Module] = Registry("loss", package="common.losses")
 
 
 def build(name: str, /, **hyperparams: Any) -> nn.Module:
@@ -28,61 +33,4 @@ def build(name: str, /, **hyperparams: Any) -> nn.Module:
     return LOSSES.build(name, **hyperparams)
 
 
-# Imported after LOSSES exists: importing these modules registers their losses.
-from . import classification, contrastive, miners, pair, proxy  # noqa: E402
-from .base import EmbeddingLoss  # noqa: E402
-from .classification import (  # noqa: E402
-    ClassificationLoss,
-    CrossEntropyLoss,
-    DeferredReweighting,
-    FocalLoss,
-    LDAMLoss,
-    Poly1Loss,
-    SquentropyLoss,
-    effective_number_weights,
-)
-from .contrastive import (  # noqa: E402
-    AlignUniformLoss,
-    CircleLoss,
-    NTXentLoss,
-    PrototypicalLoss,
-    SigLipLoss,
-    SupConLoss,
-)
-from .miners import MultiSimilarityMiner  # noqa: E402
-from .pair import ContrastiveLoss, MultiSimilarityLoss, TripletMarginLoss  # noqa: E402
-from .proxy import ArcFaceHead, CosFaceHead, MarginHead, NormFaceHead, SubCenterArcFaceHead  # noqa: E402
-
-__all__ = [
-    "LOSSES",
-    "AlignUniformLoss",
-    "ArcFaceHead",
-    "CircleLoss",
-    "ClassificationLoss",
-    "ContrastiveLoss",
-    "CosFaceHead",
-    "CrossEntropyLoss",
-    "DeferredReweighting",
-    "EmbeddingLoss",
-    "FocalLoss",
-    "LDAMLoss",
-    "MarginHead",
-    "MultiSimilarityLoss",
-    "MultiSimilarityMiner",
-    "NTXentLoss",
-    "NormFaceHead",
-    "Poly1Loss",
-    "PrototypicalLoss",
-    "SigLipLoss",
-    "SquentropyLoss",
-    "SubCenterArcFaceHead",
-    "SupConLoss",
-    "TripletMarginLoss",
-    "build",
-    "classification",
-    "contrastive",
-    "effective_number_weights",
-    "miners",
-    "pair",
-    "proxy",
-]
+__all__ = ["LOSSES", "build"]

@@ -11,13 +11,15 @@ every query x reference pair counts: ``pos[i, j] = labels[i] == ref_labels[j]``,
 A loss subclasses :class:`EmbeddingLoss` and implements :meth:`EmbeddingLoss.loss_from_similarity`
 on the dense similarity matrix and the two boolean masks; everything is vectorised, no Python loop
 over the batch. When nothing contributes, a loss returns zero still connected to the inputs (backward works
-and gives zero gradients).
+and gives zero gradients); masked rows go through :func:`masked_logsumexp` and :func:`masked_mean`, which keep
+the gradients of an empty selection finite (zero).
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -50,6 +52,21 @@ def mean_of_positive(losses: Tensor) -> Tensor:
     entry the result is a zero that keeps the graph. No host synchronisation.
     """
     return losses.sum() / (losses > 0).sum().clamp_min(1)
+
+
+def masked_logsumexp(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
+    """``log sum_{mask} exp(x)`` along ``dim``; finite (and meaningless) where ``mask`` is empty.
+
+    The caller gates empty rows with ``torch.where``; since an empty row is computed on finite values, its
+    (zeroed) gradient stays finite instead of becoming ``0 * nan``.
+    """
+    keep = mask | ~mask.any(dim=dim, keepdim=True)
+    return x.masked_fill(~keep, float("-inf")).logsumexp(dim=dim)
+
+
+def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``values`` over ``valid``; zero with a live graph when nothing is valid (no host sync)."""
+    return torch.where(valid, values, 0.0).sum() / valid.sum().clamp_min(1)
 
 
 def check_real(

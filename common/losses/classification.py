@@ -1,5 +1,6 @@
-"""Classification losses on logits: cross-entropy (label smoothing, class weights), focal, Poly-1, squentropy,
-LDAM, with deferred re-weighting (DRW).
+"""Shared base of the classification losses on logits: ``cross_entropy`` (label smoothing, class weights),
+``focal``, ``poly1``, ``squentropy``, ``ldam``, each in the module of its name, with deferred re-weighting
+(DRW); this module registers nothing.
 
 Every loss is called as ``loss(logits, targets) -> scalar``: ``logits`` of shape ``(batch, C)``, ``targets``
 the integer class indices of shape ``(batch,)``; the result is the mean over the batch (the weighted mean
@@ -24,10 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import LOSSES
 from .base import check_real
 
 
@@ -165,221 +164,11 @@ def _check_class_weights(class_weights: object) -> Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def _target_log_prob(logits: Tensor, targets: Tensor) -> Tensor:
+def target_log_prob(logits: Tensor, targets: Tensor) -> Tensor:
     """``log p_t`` per sample."""
     return logits.log_softmax(dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
-def _one_minus(log_p: Tensor) -> Tensor:
+def one_minus(log_p: Tensor) -> Tensor:
     """``1 - p`` from ``log p``, accurate near ``p = 1``, clamped away from 0 (finite gradients of powers)."""
     return (-torch.expm1(log_p)).clamp_min(torch.finfo(log_p.dtype).tiny)
-
-
-def _check_alpha(alpha: object) -> Tensor | None:
-    if alpha is None:
-        return None
-    if isinstance(alpha, (str, bytes)) or not isinstance(alpha, Sequence) or len(alpha) < 2:
-        raise ValueError(f"alpha must be None or a list of per-class weights, got {alpha!r}")
-    return torch.tensor([check_real("alpha", a, 0.0) for a in alpha], dtype=torch.float64)
-
-
-@LOSSES.register("cross_entropy")
-class CrossEntropyLoss(DeferredReweighting, ClassificationLoss):
-    r"""Cross-entropy, ``-log p_t``, with optional label smoothing and per-class weights.
-
-    Label smoothing: Szegedy, Vanhoucke, Ioffe, Shlens, Wojna, "Rethinking the Inception Architecture for
-    Computer Vision", CVPR 2016, Sec. 7: the target is ``(1 - eps) onehot(y) + eps / C``, so the loss is
-    ``(1 - eps) (-log p_y) + eps / C sum_j (-log p_j)``. Computed by ``torch.nn.functional.cross_entropy``
-    (tested against a loop), with its semantics when weights and smoothing are combined.
-
-    Per-class weights (:class:`DeferredReweighting`): ``class_weights`` (explicit, always on), or
-    ``class_counts`` with ``drw_epoch`` for class-balanced weights (Cui et al. 2019) after ``drw_epoch``
-    epochs:
-    ``drw_epoch=0`` is the CE-RW baseline, ``drw_epoch=160`` the CE-DRW baseline of Cao et al., NeurIPS 2019
-    (200 CIFAR epochs). ``class_counts`` alone would do nothing and is refused. Defaults: no smoothing, no
-    weights (plain cross-entropy), ``beta = 0.9999`` (the official LDAM-DRW code).
-    """
-
-    def __init__(
-        self,
-        label_smoothing: float = 0.0,
-        class_weights: list[float] | None = None,
-        class_counts: list[int] | None = None,
-        drw_epoch: int | None = None,
-        beta: float = 0.9999,
-    ) -> None:
-        super().__init__()
-        self.label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
-        if class_counts is not None:
-            check_class_counts(class_counts)
-            if drw_epoch is None:
-                raise ValueError(
-                    "class_counts without drw_epoch has no effect; set drw_epoch (0: from the start)"
-                )
-        self._init_class_weights(class_weights, class_counts, drw_epoch, beta)
-
-    def loss_from_logits(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(
-            logits, targets, weight=self.class_weights_for(logits), label_smoothing=self.label_smoothing
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"label_smoothing={self.label_smoothing}, drw_epoch={self.drw_epoch}, "
-            f"reweighting={self.reweighting}"
-        )
-
-
-@LOSSES.register("focal")
-class FocalLoss(ClassificationLoss):
-    r"""Focal loss, Lin, Goyal, Girshick, He, Dollar, "Focal Loss for Dense Object Detection", ICCV 2017,
-    Eq. (5), in its softmax multi-class form::
-
-        FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t),      L = mean_i FL
-
-    ``gamma = 2`` is the paper's choice (its experiments find ``gamma = 2, alpha = 0.25`` best). Its ``alpha``
-    weights the foreground class of its sigmoid (binary) form; for softmax classes there is no foreground, so
-    ``alpha`` defaults to ``None`` (``alpha_t = 1``) and, when given, is a list of per-class weights
-    ``alpha_t = alpha[y]``. The batch mean is a plain mean (the alpha factors are not renormalised), as in the
-    official LDAM-DRW ``FocalLoss``. ``gamma = 0`` and no alpha is the cross-entropy (tested).
-    """
-
-    def __init__(self, gamma: float = 2.0, alpha: list[float] | None = None) -> None:
-        super().__init__()
-        self.gamma = check_real("gamma", gamma, 0.0)
-        self.register_buffer("alpha", _check_alpha(alpha), persistent=False)
-
-    def per_sample(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """``(FL_i, 1 - p_t)`` per sample, shared with the Poly-1 focal form."""
-        log_pt = _target_log_prob(logits, targets)
-        one_minus_pt = _one_minus(log_pt)
-        loss = -one_minus_pt.pow(self.gamma) * log_pt
-        if self.alpha is not None:
-            if len(self.alpha) != logits.shape[1]:
-                raise ValueError(f"logits have {logits.shape[1]} classes but alpha has {len(self.alpha)}")
-            loss = loss * self.alpha.to(logits.dtype)[targets]
-        return loss, one_minus_pt
-
-    def loss_from_logits(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return self.per_sample(logits, targets)[0].mean()
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, alpha={None if self.alpha is None else self.alpha.tolist()}"
-
-
-POLY1_BASES = ("ce", "focal")
-
-
-@LOSSES.register("poly1")
-class Poly1Loss(ClassificationLoss):
-    r"""Poly-1 loss, Leng, Tan, Liu, Cubuk, Shi, Cheng, Anguelov, "PolyLoss: A Polynomial Expansion
-    Perspective of Classification Loss Functions", ICLR 2022 (arXiv:2204.12511). Writing the cross-entropy as
-    ``-log p_t = sum_j (1 - p_t)^j / j`` and perturbing the first coefficient by ``epsilon``::
-
-        base="ce":     L = -log(p_t) + epsilon (1 - p_t)                        (L_Poly-1)
-        base="focal":  L = FL(p_t) + epsilon (1 - p_t)^(gamma + 1)              (Poly-1 focal form)
-
-    where ``FL`` is :class:`FocalLoss` (with ``gamma`` and the optional per-class ``alpha``, which, as in the
-    paper's code listing, weights the focal term only). Default ``epsilon = 1``: the paper's code listing
-    (``poly1_cross_entropy(..., epsilon=1.0)``); the paper reports ``epsilon = 2`` best for ImageNet and a
-    negative value (-1) for detection with the focal form, so ``epsilon >= -1`` is accepted: that bound keeps
-    the loss non-negative and non-increasing in ``p_t``. ``epsilon = 0`` gives back CE / focal (tested).
-    ``gamma`` and ``alpha`` belong to ``base="focal"``; ``alpha`` with ``base="ce"`` is refused.
-    """
-
-    def __init__(
-        self, epsilon: float = 1.0, base: str = "ce", gamma: float = 2.0, alpha: list[float] | None = None
-    ) -> None:
-        super().__init__()
-        self.epsilon = check_real("epsilon", epsilon, -1.0)
-        if base not in POLY1_BASES:
-            raise ValueError(f"base must be one of {', '.join(POLY1_BASES)}; got {base!r}")
-        if base == "ce" and alpha is not None:
-            raise ValueError("alpha applies to base='focal' only")
-        self.base = base
-        self.focal = FocalLoss(gamma=gamma, alpha=alpha) if base == "focal" else None
-
-    def loss_from_logits(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if self.focal is None:
-            log_pt = _target_log_prob(logits, targets)
-            return (-log_pt + self.epsilon * _one_minus(log_pt)).mean()
-        focal, one_minus_pt = self.focal.per_sample(logits, targets)
-        return (focal + self.epsilon * one_minus_pt.pow(self.focal.gamma + 1)).mean()
-
-    def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon}, base={self.base!r}"
-
-
-@LOSSES.register("squentropy")
-class SquentropyLoss(ClassificationLoss):
-    r"""Squentropy, Hui, Belkin, Wright, "Cut your Losses with Squentropy", ICML 2023 (arXiv:2302.03952), the
-    definition of ``l_sqen``: the cross-entropy plus the average square loss of the incorrect classes'
-    logits::
-
-        l(z, y) = -log p_y + 1/(C - 1) sum_{j != y} z_j^2,       L = mean_i l
-
-    It has no hyper-parameter. The official code (Like-Hui/Squentropy_vision, ``svhn.py``, ``loss_type ==
-    'sqen'``) computes the same: ``(sum z^2 - sum z_y^2) / (C - 1) / batch + CE`` (its extra ``resquare``
-    factor is undefined there; 1 here). Needs ``C >= 2``.
-    """
-
-    def loss_from_logits(self, logits: Tensor, targets: Tensor) -> Tensor:
-        num_classes = logits.shape[1]
-        if num_classes < 2:
-            raise ValueError(f"squentropy needs at least 2 classes, got logits with {num_classes}")
-        ce = F.cross_entropy(logits, targets, reduction="none")
-        squares = logits.square()
-        non_target = squares.sum(dim=1) - squares.gather(1, targets.unsqueeze(1)).squeeze(1)
-        return (ce + non_target / (num_classes - 1)).mean()
-
-
-@LOSSES.register("ldam")
-class LDAMLoss(DeferredReweighting, ClassificationLoss):
-    r"""Label-distribution-aware margin loss, Cao, Wei, Gaidon, Arechiga, Ma, "Learning Imbalanced Datasets
-    with Label-Distribution-Aware Margin Loss", NeurIPS 2019 (arXiv:1906.07413), Eq. (13)::
-
-        L = -log( e^{s (z_y - Delta_y)} / (e^{s (z_y - Delta_y)} + sum_{j != y} e^{s z_j}) ),
-        Delta_j = K / n_j^{1/4}
-
-    with ``n_j`` the training samples of class ``j`` (``class_counts``, required) and ``K`` chosen so that the
-    largest margin (the rarest class) is ``max_m``. Following the official code (github.com/kaidic/LDAM-DRW,
-    ``losses.py`` ``LDAMLoss``: ``m_j = n_j^{-1/4} * max_m / max_k n_k^{-1/4}``, logits scaled by ``s``
-    after the margin, ``F.cross_entropy`` with the per-class weights): defaults ``max_m = 0.5``, ``s = 30``
-    (``cifar_train.py``). The official model feeds LDAM cosine logits (``NormedLinear``: normalised features
-    and weights, ``use_norm=True`` for LDAM), so the logits given here should be cosines for ``s`` and
-    ``max_m`` to mean what they do there.
-
-    DRW (Algorithm 1) is the :class:`DeferredReweighting` mixin: ``drw_epoch`` (``None`` = off; the paper's
-    CIFAR schedule is 160 of 200 epochs) and ``beta = 0.9999``. ``max_m = 0, s = 1`` is the cross-entropy
-    (tested).
-    """
-
-    def __init__(
-        self,
-        class_counts: list[int],
-        max_m: float = 0.5,
-        s: float = 30.0,
-        drw_epoch: int | None = None,
-        beta: float = 0.9999,
-    ) -> None:
-        super().__init__()
-        counts = check_class_counts(class_counts)
-        self.max_m = check_real("max_m", max_m, 0.0)
-        self.s = check_real("s", s, 0.0, low_open=True)
-        margins = torch.tensor([n**-0.25 for n in counts], dtype=torch.float64)
-        self.register_buffer("margins", margins * (self.max_m / float(margins.max())), persistent=False)
-        self._init_class_weights(None, counts, drw_epoch, beta)
-
-    def loss_from_logits(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if logits.shape[1] != len(self.margins):
-            raise ValueError(f"logits have {logits.shape[1]} classes but class_counts {len(self.margins)}")
-        target = targets.unsqueeze(1)
-        delta = self.margins.to(logits.dtype)[targets].unsqueeze(1)
-        shifted = logits.scatter(1, target, logits.gather(1, target) - delta)
-        return F.cross_entropy(self.s * shifted, targets, weight=self.class_weights_for(logits))
-
-    def extra_repr(self) -> str:
-        return (
-            f"classes={len(self.margins)}, max_m={self.max_m}, s={self.s}, drw_epoch={self.drw_epoch}, "
-            f"reweighting={self.reweighting}"
-        )

@@ -1,4 +1,8 @@
-"""Optimizers built by name: ``build(name, parameters, **hyperparams)``; ``"sam"`` wraps a registered base."""
+"""Optimizers built by name: ``build(name, parameters, **hyperparams)``.
+
+``adam``, ``adamw`` and ``sgd`` are here; ``"sam"`` (in ``common.optim.sam``, imported on first use) wraps one
+of them.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ from collections.abc import Iterable
 
 import torch
 
-from common.optim.sam import SAM, unwrap_sam
 from common.registry import Registry
 
-__all__ = ["OPTIMIZERS", "SAM", "build", "unwrap_sam"]
+__all__ = ["OPTIMIZERS", "build"]
 
-OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer", package="common.optim")
 
 
 def _check_lr(lr: float, weight_decay: float) -> None:
@@ -48,33 +51,6 @@ def sgd(
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-
-
-@OPTIMIZERS.register("sam")
-def sam(
-    parameters: Iterable,
-    lr: float | None = None,
-    momentum: float | None = None,
-    weight_decay: float | None = None,
-    nesterov: bool | None = None,
-    rho: float = 0.05,
-    adaptive: bool = False,
-    eta: float = 0.0,
-    base: str = "sgd",
-) -> torch.optim.Optimizer:
-    """SAM (Foret et al., ICLR 2021, Algorithm 1) or ASAM (``adaptive``; Kwon et al., ICML 2021) around
-    the registered optimizer ``base``; see ``common.optim.sam``.
-
-    ``lr``, ``momentum``, ``weight_decay`` and ``nesterov`` go to ``base`` when given (``None``: the base's
-    own default, e.g. sgd's lr=0.1, momentum=0.9, weight_decay=5e-4); one that ``base`` does not accept
-    (momentum for adam) is an error. The training step must call ``first_step``/``second_step`` (or
-    ``step(closure)``): a plain ``step()`` raises.
-    """
-    if base == "sam":
-        raise ValueError("base must be a plain optimizer, not 'sam'")
-    given = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
-    base_optimizer = build(base, parameters, **{k: v for k, v in given.items() if v is not None})
-    return SAM(None, base_optimizer, rho=rho, adaptive=adaptive, eta=eta)
 
 
 def build(name: str, parameters: Iterable, /, **hyperparams) -> torch.optim.Optimizer:

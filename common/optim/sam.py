@@ -48,7 +48,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["SAM", "unwrap_sam"]
+from common.optim import OPTIMIZERS, build
+
+__all__ = ["SAM", "sam", "unwrap_sam"]
 
 
 class SAM(torch.optim.Optimizer):
@@ -220,3 +222,30 @@ def unwrap_sam(optimizer: Any) -> SAM:
             break
         optimizer = inner
     raise TypeError(f"no SAM optimizer inside {type(seen).__name__}")
+
+
+@OPTIMIZERS.register("sam")
+def sam(
+    parameters: Iterable,
+    lr: float | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    nesterov: bool | None = None,
+    rho: float = 0.05,
+    adaptive: bool = False,
+    eta: float = 0.0,
+    base: str = "sgd",
+) -> torch.optim.Optimizer:
+    """SAM (Foret et al., ICLR 2021, Algorithm 1) or ASAM (``adaptive``; Kwon et al., ICML 2021) around
+    the registered optimizer ``base``; see ``common.optim.sam``.
+
+    ``lr``, ``momentum``, ``weight_decay`` and ``nesterov`` go to ``base`` when given (``None``: the base's
+    own default, e.g. sgd's lr=0.1, momentum=0.9, weight_decay=5e-4); one that ``base`` does not accept
+    (momentum for adam) is an error. The training step must call ``first_step``/``second_step`` (or
+    ``step(closure)``): a plain ``step()`` raises.
+    """
+    if base == "sam":
+        raise ValueError("base must be a plain optimizer, not 'sam'")
+    given = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
+    base_optimizer = build(base, parameters, **{k: v for k, v in given.items() if v is not None})
+    return SAM(None, base_optimizer, rho=rho, adaptive=adaptive, eta=eta)

@@ -1,4 +1,4 @@
-"""``report@<paper>``: run records -> ``reports/<paper>.md`` (+ figures and a JSON summary).
+"""``report-<paper>``: run records -> ``reports/<paper>.md`` (+ figures and a JSON summary).
 
 Numbers are aggregated over seeds as mean ± half-width of the Student-t 95% interval. Each claim
 "A > B" is judged on the per-seed paired difference (same seed = same initialization and the same
@@ -7,13 +7,17 @@ batches for both methods), which is what the seeds control for.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, resolve_runs
+from common.config import resolve_runs
+from common.errors import run_command
 from common.paper import PaperMeta, check_claims, load_paper
+from common.params import ConfigError
 from common.records import read_paper_records
 from common.report import plots
 from common.report.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Interval, mean_ci, verdict
@@ -106,7 +110,7 @@ def build_report(
         missing = sorted(planned - found)[:5]
         raise ConfigError(
             f"records/{slug} does not match params.yaml (missing or stale runs, e.g. {missing}); "
-            f"run `dvc repro run@{slug}` first"
+            f"run `dvc repro report-{slug}` (it runs the run stages first)"
         )
     groups = _group(records)
     claims = evaluate_claims(meta, groups, datasets)
@@ -208,7 +212,7 @@ def build_report(
         "",
         "## Provenance",
         "",
-        f"- regenerate: `dvc repro report@{slug}` (runs `run@{slug}` first if its code, params or data changed)",
+        f"- regenerate: `dvc repro report-{slug}` (runs the paper's `run-{slug}-<dataset>` stages first if their code, params or data changed)",
         f"- profile `{profile}`; hardware: {'; '.join(hardware)}; world size {', '.join(map(str, world_sizes))}",
         f"- git commit(s) of the runs: {', '.join(f'`{c[:10]}`' for c in commits)}"
         + (" (**uncommitted changes in the code at run time**)" if dirty else " (clean)"),
@@ -256,3 +260,22 @@ def build_index(reports_root: Path = Path("reports")) -> Path:
     path = reports_root / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.report.build",
+        description="Write reports/PAPER.md (+ .json, figures) from the run records, or reports/README.md.",
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("paper", nargs="?", help="the paper whose report to write")
+    target.add_argument("--index", action="store_true", help="write reports/README.md instead")
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    if args.index:
+        return run_command("index", lambda: print(build_index()))
+    return run_command("report", lambda: print(build_report(args.paper, params_path=Path(args.params))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,21 +1,12 @@
-"""Batch samplers built by name through ``SAMPLERS``."""
+"""Batch samplers built by name through ``SAMPLERS``: ``build("m_per_class", labels=..., ...)``.
+
+Each sampler lives in the module of its name (``common.samplers.m_per_class``, ``.episodic``,
+``.class_balanced``) and is imported on first use, so a run imports only the sampler its config names.
+"""
 
 from common.samplers.base import SAMPLERS, EpochBatchSampler, SamplerError
-from common.samplers.class_balanced import ClassBalancedBatchSampler
-from common.samplers.episodic import EpisodicBatchSampler, episode_targets, split_episode
-from common.samplers.m_per_class import MPerClassBatchSampler
 
-__all__ = [
-    "SAMPLERS",
-    "ClassBalancedBatchSampler",
-    "EpisodicBatchSampler",
-    "EpochBatchSampler",
-    "MPerClassBatchSampler",
-    "SamplerError",
-    "build",
-    "episode_targets",
-    "split_episode",
-]
+__all__ = ["SAMPLERS", "EpochBatchSampler", "SamplerError", "build"]
 
 
 def build(name: str, /, **hyperparams):

@@ -12,14 +12,15 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Sampler
 
+from common.errors import UserError
 from common.registry import Registry
 
 __all__ = ["SAMPLERS", "EpochBatchSampler", "SamplerError", "require_positive", "require_rank"]
 
-SAMPLERS: Registry[Sampler] = Registry("sampler")
+SAMPLERS: Registry[Sampler] = Registry("sampler", package="common.samplers")
 
 
-class SamplerError(ValueError):
+class SamplerError(UserError, ValueError):
     """A batch composition that the labels cannot supply."""
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
@@ -46,20 +45,6 @@ def git_dirty() -> bool:
     """True if the code or params a run depends on differ from the commit (untracked files count)."""
     status = _git("status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PATHS)
     return bool(status) if status is not None else True
-
-
-def code_fingerprint(*roots: Path) -> str:
-    """SHA-256 over the Python and YAML files under ``roots`` (paths and bytes): the code a stage runs."""
-    digest = hashlib.sha256()
-    for root in roots:
-        files = (
-            [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml"))
-        )
-        for path in files:
-            if "__pycache__" not in path.parts:
-                name = path.relative_to(root.parent).as_posix()  # independent of where the checkout is
-                digest.update(f"{name}\0".encode() + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 @cache

@@ -40,7 +40,7 @@ def _run_stage(workdir: Path, prepared: Path, processes: int, edit=None) -> subp
             port = probe.getsockname()[1]
         command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu"]
         command += ["--num_processes", str(processes), "--main_process_port", str(port)]
-    command += ["-m", "common.cli", "run", "multi_similarity", "--dataset", "omniglot"]
+    command += ["-m", "common.runner", "multi_similarity", "--dataset", "omniglot"]
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

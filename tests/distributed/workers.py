@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from common import losses
 from common.engine.distributed import gather_with_grad
-from common.samplers import MPerClassBatchSampler
+from common.samplers.m_per_class import MPerClassBatchSampler
 
 GATHERED_LOSSES = [
     "multi_similarity",

@@ -125,7 +125,7 @@ def test_every_row_traces_to_a_finished_mlflow_run(smoke_repo):
         assert run.info.status == "FINISHED"
         assert run.data.tags["git_commit"] == provenance["git_commit"] == commit
         assert run.data.tags["git_dirty"] == "False"
-        assert run.data.tags["dvc_stage"] == "run@multi_similarity"
+        assert run.data.tags["dvc_stage"] == f"run-multi_similarity-{record['dataset']}"
         assert run.data.tags["profile"] == "smoke"
         assert run.data.tags["data_fingerprint"] == provenance["data_fingerprint"]
         assert run.data.metrics["map_at_r"] == pytest.approx(record["metrics"]["map_at_r"])
@@ -147,21 +147,42 @@ def test_nothing_is_stale_and_a_second_repro_does_nothing(smoke_repo):
     assert again.returncode == 0 and "Running stage" not in again.stdout
 
 
+def _check_reports_after_editing(repo: Path, env: dict, relative: str) -> subprocess.CompletedProcess:
+    command = [str(BIN / "python"), "-m", "common.cli", "check-reports"]
+    edited = repo / relative
+    original = edited.read_text()
+    try:
+        edited.write_text(original + "\n# an edit\n")
+        return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        edited.write_text(original)
+
+
 def test_check_reports_passes_when_current_and_names_the_stage_when_code_changes(smoke_repo):
     repo, env, _ = smoke_repo
     command = [str(BIN / "python"), "-m", "common.cli", "check-reports"]
     current = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     assert current.returncode == 0, current.stderr
-    loss_file = repo / "common" / "losses" / "pair.py"
-    original = loss_file.read_text()
-    try:
-        loss_file.write_text(original + "\n# an edit\n")
-        stale = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
-    finally:
-        loss_file.write_text(original)
+    stale = _check_reports_after_editing(repo, env, "common/losses/multi_similarity.py")
     assert stale.returncode == 2
-    assert "run@multi_similarity-omniglot: dependency common modified" in stale.stderr
+    for dataset in ("omniglot", "fashion_mnist"):
+        assert (
+            f"run-multi_similarity-{dataset}: dependency common/losses/multi_similarity.py modified"
+            in stale.stderr
+        )
+    assert "report-multi_similarity" not in stale.stderr, "the report stage does not import the loss"
     assert "Traceback" not in stale.stderr
+
+
+def test_a_change_to_a_loss_no_method_uses_stales_nothing(smoke_repo):
+    repo, env, _ = smoke_repo
+    for unrelated in (
+        "common/losses/arcface.py",
+        "common/samplers/episodic.py",
+        "common/metrics/verification.py",
+    ):
+        result = _check_reports_after_editing(repo, env, unrelated)
+        assert result.returncode == 0, f"{unrelated}: {result.stderr}"
 
 
 def test_audit_traces_every_run_and_flags_drift(smoke_repo):
@@ -172,7 +193,7 @@ def test_audit_traces_every_run_and_flags_drift(smoke_repo):
     records = [json.loads(p.read_text()) for p in (repo / "records").rglob("seed*.json")]
     for record in records:
         assert record["provenance"]["mlflow_run_id"] in clean.stdout
-    assert "run@multi_similarity-omniglot in dvc.lock" in clean.stdout
+    assert "run-multi_similarity-omniglot in dvc.lock" in clean.stdout
 
     params = repo / "params.yaml"
     original = params.read_text()

@@ -32,7 +32,7 @@ def _workspace(root: Path, tiny_prepared: Path) -> tuple[Path, dict[str, str]]:
 
 
 def _command() -> list[str]:
-    return [sys.executable, "-m", "common.cli", "run", "multi_similarity", "--dataset", "omniglot"]
+    return [sys.executable, "-m", "common.runner", "multi_similarity", "--dataset", "omniglot"]
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_prepared):

@@ -59,7 +59,7 @@ def test_runs_write_records_and_mlflow_runs_then_skip(tmp_path, tiny_prepared, m
         ):
             assert tag in run.data.tags, tag
         assert run.data.tags["params_hash"] == record["config_hash"]
-        assert run.data.tags["dvc_stage"] == "run@multi_similarity"
+        assert run.data.tags["dvc_stage"] == f"run-multi_similarity-{record['dataset']}"
         assert run.data.params["loss.name"] == record["config"]["loss"]["name"]
         assert run.data.metrics["recall_at_1"] == pytest.approx(record["metrics"]["recall_at_1"])
         history = client.get_metric_history(run.info.run_id, "train_loss")
@@ -104,7 +104,7 @@ def test_a_code_change_reruns_every_run(tmp_path, tiny_prepared, mlflow_store, m
     before = {
         p: json.loads(p.read_text())["provenance"]["mlflow_run_id"] for p in Path("records").rglob("*.json")
     }
-    monkeypatch.setattr("common.runner.code_fingerprint", lambda *roots: "changed-code")
+    monkeypatch.setattr("common.runner.run_code_hash", lambda *args: "changed-code")
     run_paper("multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared)
     after = {p: json.loads(p.read_text())["provenance"] for p in Path("records").rglob("*.json")}
     assert set(after) == set(before)
@@ -137,7 +137,7 @@ def test_missing_prepared_data_fails_before_compute(tmp_path, mlflow_store, monk
     monkeypatch.chdir(tmp_path)
     from common.data.sources import DataSourceError
 
-    with pytest.raises(DataSourceError, match="dvc repro prepare@omniglot"):
+    with pytest.raises(DataSourceError, match="dvc repro prepare-omniglot"):
         run_paper(
             "multi_similarity", "omniglot", params_path=tiny_params(tmp_path), prepared_root=tmp_path / "none"
         )
@@ -147,7 +147,7 @@ def test_a_batch_the_sampler_cannot_fill_fails_before_compute(
     tmp_path, tiny_prepared, mlflow_store, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    from common.config import ConfigError
+    from common.params import ConfigError
 
     def edit(params):
         params["multi_similarity"]["datasets"]["fashion_mnist"]["sampler"]["classes_per_batch"] = 11
@@ -160,3 +160,23 @@ def test_a_batch_the_sampler_cannot_fill_fails_before_compute(
             prepared_root=tiny_prepared,
         )
     assert not Path("records").exists() and not Path("checkpoints").exists()
+
+
+def test_the_same_seed_and_profile_give_identical_metrics_twice(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    """Determinism on CPU: two independent runs (fresh records and checkpoints) agree to the last bit."""
+    results = []
+    for attempt in ("first", "second"):
+        workdir = tmp_path / attempt
+        workdir.mkdir()
+        monkeypatch.chdir(workdir)
+        params = tiny_params(workdir)
+        run_paper("multi_similarity", "omniglot", params_path=params, prepared_root=tiny_prepared)
+        records = read_paper_records(Path("records"), "multi_similarity")
+        results.append({(r["method"], r["seed"]): (r["metrics"], r["history"]) for r in records})
+    first, second = results
+    assert first.keys() == second.keys() and first
+    for key, (metrics, history) in first.items():
+        assert metrics == second[key][0], key
+        assert [h["train_loss"] for h in history] == [h["train_loss"] for h in second[key][1]], key

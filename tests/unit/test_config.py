@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import ConfigError, resolve_runs
+from common.config import resolve_runs
+from common.params import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -517,7 +517,7 @@ def test_load_prepared_errors_name_the_path_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         load_prepared(missing, "train")
     assert isinstance(err.value, PreparedDataMissingError)
-    assert str(missing) in str(err.value) and "dvc repro prepare@omniglot" in str(err.value)
+    assert str(missing) in str(err.value) and "dvc repro prepare-omniglot" in str(err.value)
     with pytest.raises(PreparedDataMissingError):
         data_fingerprint(missing)
 

@@ -1,4 +1,5 @@
-"""Tests of common.losses: plain-loop oracles, pytorch-metric-learning, empty cases, build errors.
+"""Tests of the pair losses (common.losses.multi_similarity, .contrastive, .triplet) and the miners:
+plain-loop oracles, pytorch-metric-learning, empty cases, build errors.
 
 The oracles below recompute each loss with Python loops over anchors and pairs on tiny inputs, straight
 from the formulas in the docstrings (and, for the multi-similarity loss, from the control flow of the
@@ -16,7 +17,9 @@ from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
-from common.losses import LOSSES, EmbeddingLoss, MultiSimilarityMiner, build
+from common.losses import LOSSES, build
+from common.losses.base import EmbeddingLoss
+from common.losses.miners import MultiSimilarityMiner
 from common.registry import BuildError
 from tests.unit.loss_testing import DTYPES, assert_close, tiny_batch, value_and_grads
 

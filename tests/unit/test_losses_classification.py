@@ -1,5 +1,6 @@
-"""Tests of common.losses.classification: plain-loop oracles, special cases that reduce to cross-entropy,
-torch's cross_entropy, deferred re-weighting, build errors.
+"""Tests of the classification losses (common.losses.classification and the modules of cross_entropy, focal,
+poly1, squentropy, ldam): plain-loop oracles, special cases that reduce to cross-entropy, torch's
+cross_entropy, deferred re-weighting, build errors.
 
 The oracles recompute each loss sample by sample straight from the docstring formulas (a per-sample
 log-sum-exp, Python branches and sums over classes); their gradients come from autograd through the loop.
@@ -14,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import LOSSES, ClassificationLoss, build, effective_number_weights
+from common.losses import LOSSES, build
+from common.losses.classification import ClassificationLoss, effective_number_weights
 from common.registry import BuildError
 from tests.unit.loss_testing import DTYPES, assert_close
 

@@ -1,4 +1,5 @@
-"""Tests of common.losses.contrastive: plain-loop oracles, pytorch-metric-learning, empty cases, build errors.
+"""Tests of the contrastive and self-supervised losses (circle, ntxent, supcon, siglip, align_uniform,
+prototypical): plain-loop oracles, pytorch-metric-learning, empty cases, build errors.
 
 The oracles recompute each loss with Python loops over queries and pairs on tiny inputs, straight from the
 formulas in the docstrings (the papers' equations); their gradients come from autograd through the loops.
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
-from common.losses import LOSSES, EmbeddingLoss, build
-from common.losses.contrastive import alignment, prototype_logits, uniformity
+from common.losses import LOSSES, build
+from common.losses.align_uniform import alignment, uniformity
+from common.losses.base import EmbeddingLoss
+from common.losses.prototypical import prototype_logits
 from common.registry import BuildError
 from tests.unit.loss_testing import DTYPES, assert_close, tiny_batch, value_and_grads
 

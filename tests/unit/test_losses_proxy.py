@@ -1,5 +1,5 @@
-"""Tests of common.losses.proxy: plain-loop oracles, pytorch-metric-learning, the theta + m > pi regime,
-sub-centers, parameters, build errors.
+"""Tests of the margin/proxy heads (common.losses.margin, normface, cosface, arcface, subcenter_arcface):
+plain-loop oracles, pytorch-metric-learning, the theta + m > pi regime, sub-centers, parameters, build errors.
 
 The oracle recomputes each head sample by sample from the formulas in the docstrings: per-sample dot
 products and norms, a Python branch for the ArcFace threshold, a per-sample log-sum-exp. Gradients of the
@@ -15,7 +15,10 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
 
-from common.losses import LOSSES, ArcFaceHead, MarginHead, SubCenterArcFaceHead, build
+from common.losses import LOSSES, build
+from common.losses.arcface import ArcFaceHead
+from common.losses.margin import MarginHead
+from common.losses.subcenter_arcface import SubCenterArcFaceHead
 from common.registry import BuildError
 from tests.unit.loss_testing import DTYPES, assert_close
 

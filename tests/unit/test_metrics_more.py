@@ -11,18 +11,15 @@ import torch
 from sklearn.metrics import accuracy_score, recall_score, roc_curve
 from sklearn.neighbors import KNeighborsClassifier
 
-from common.metrics import (
-    alignment,
+from common.metrics.classification import (
     expected_calibration_error,
-    knn_accuracy,
-    knn_predict,
     per_class_accuracy,
     reliability_diagram_bins,
     shot_accuracy,
-    tar_at_far,
     top1_accuracy,
-    uniformity,
 )
+from common.metrics.representation import alignment, knn_accuracy, knn_predict, uniformity
+from common.metrics.verification import tar_at_far
 
 
 def _logits(n: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,9 @@
 
 import pytest
 
-from common.config import ConfigError, resolve_runs
+from common.config import resolve_runs
 from common.paper import all_papers, check_claims, load_paper
+from common.params import ConfigError
 from common.report.build import evaluate_claims
 from common.report.stats import NOT_REPRODUCED, REPRODUCED
 from tests.conftest import REPO

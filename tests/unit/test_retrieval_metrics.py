@@ -12,8 +12,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 from sklearn.metrics import normalized_mutual_info_score
 
-from common.metrics import kmeans, nearest_neighbors, normalized_mutual_info, retrieval_metrics
 from common.metrics import retrieval as retrieval_module
+from common.metrics.retrieval import kmeans, nearest_neighbors, normalized_mutual_info, retrieval_metrics
 
 # --------------------------------------------------------------------------------------------
 # helpers

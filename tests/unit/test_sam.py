@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.optim import SAM, build, unwrap_sam
+from common.optim import build
+from common.optim.sam import SAM, unwrap_sam
 from common.registry import BuildError
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from common.samplers import MPerClassBatchSampler, SamplerError, build
+from common.samplers import SamplerError, build
+from common.samplers.m_per_class import MPerClassBatchSampler
 
 
 def _labels(num_classes: int = 12, per_class: int = 7) -> torch.Tensor:

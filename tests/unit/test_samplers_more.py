@@ -3,14 +3,9 @@
 import pytest
 import torch
 
-from common.samplers import (
-    ClassBalancedBatchSampler,
-    EpisodicBatchSampler,
-    SamplerError,
-    build,
-    episode_targets,
-    split_episode,
-)
+from common.samplers import SamplerError, build
+from common.samplers.class_balanced import ClassBalancedBatchSampler
+from common.samplers.episodic import EpisodicBatchSampler, episode_targets, split_episode
 
 
 def _labels(num_classes: int = 12, per_class: int = 9) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""The top level of ``params.yaml``: reading it, its schema, and the error every config problem raises.
+
+Kept apart from :mod:`common.config` (the paper sections and their runs) so that a stage that reads only the
+top level (``prepare-<dataset>``) does not depend on the building blocks the runs name.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from common.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """params.yaml (or a paper's files) says something that cannot run; the message names the key."""
+
+
+class Params(BaseModel):
+    """The top level of params.yaml."""
+
+    model_config = ConfigDict(extra="allow")
+    profile: Literal["smoke", "cpu", "gpu"] = "cpu"
+    launcher: str = "python"
+    data: dict[str, dict[str, Any]] = {}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def format_validation_error(where: str, err: ValidationError) -> str:
+    lines = [f"{where}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {e['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> tuple[Params, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run from the repository root, or pass the params file)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw), raw
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(path), err)) from err

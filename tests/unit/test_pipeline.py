@@ -1,0 +1,113 @@
+"""dvc.yaml lists, for every stage, exactly the project code the stage imports (common/pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from common.pipeline import import_closure, render_dvc_yaml, run_entry, stages
+from tests.conftest import REPO
+
+PARAMS = REPO / "params.yaml"
+
+
+def test_the_committed_dvc_yaml_is_what_the_pipeline_module_writes():
+    assert (REPO / "dvc.yaml").read_text() == render_dvc_yaml(PARAMS), (
+        "run `repro dvc-yaml` and commit dvc.yaml"
+    )
+
+
+def _code_deps(stage: dict) -> set[str]:
+    return {d for d in stage["deps"] if d.endswith(".py")}
+
+
+def _runtime_imports(code: str) -> set[str]:
+    """Project files in sys.modules after running ``code`` in a fresh interpreter."""
+    script = textwrap.dedent(code) + textwrap.dedent(
+        """
+        import json, sys
+        from pathlib import Path
+        root = Path.cwd().resolve()
+        files = set()
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if path and Path(path).resolve().is_relative_to(root):
+                rel = Path(path).resolve().relative_to(root)
+                if rel.parts[0] in ("common", "papers"):
+                    files.add(rel.as_posix())
+        print(json.dumps(sorted(files)))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+RUN_STAGES = [s for s in stages(PARAMS) if s.name.startswith("run-")]
+
+
+@pytest.mark.parametrize("stage", RUN_STAGES, ids=lambda s: s.name)
+def test_a_run_stage_lists_every_module_a_run_imports(stage):
+    """What the runner really imports when it resolves, checks and builds every run of every profile."""
+    paper, dataset = stage.cmd.split()[3], stage.cmd.split()[-1]
+    imported = _runtime_imports(
+        f"""
+        import torch
+        from common import losses, models, optim, samplers
+        from common.config import load_paper_section, resolve_runs
+        import common.runner
+        for profile in load_paper_section({paper!r}, "params.yaml").profiles:
+            for run in resolve_runs({paper!r}, "params.yaml", profile):
+                if run.dataset != {dataset!r}:
+                    continue
+                model = models.build(run.model.name, **run.model.kwargs)
+                criterion = losses.build(run.loss.name, **run.loss.kwargs)
+                optim.build(run.optimizer.name, list(model.parameters()), **run.optimizer.kwargs)
+                samplers.SAMPLERS.get(run.sampler.name)
+        """
+    )
+    listed = set(stage.code_deps())
+    assert imported <= listed, f"{stage.name}: imported but not in dvc.yaml: {sorted(imported - listed)}"
+    # and what is listed but not imported in this process is only what a code path may still import
+    for path in listed - imported:
+        assert path.endswith("__init__.py") or (REPO / path).is_file()
+
+
+def test_a_loss_that_no_method_names_is_not_a_dependency():
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    run = _code_deps(deps["run-multi_similarity-omniglot"])
+    assert "common/losses/multi_similarity.py" in run
+    assert "common/losses/triplet.py" in run
+    for unrelated in ("arcface", "ldam", "supcon", "siglip", "prototypical"):
+        assert f"common/losses/{unrelated}.py" not in run, unrelated
+    assert not any(d.startswith("common/report/") for d in run), "training does not depend on the report code"
+    report = _code_deps(deps["report-multi_similarity"])
+    assert "common/report/build.py" in report
+    assert not any(d.startswith(("common/engine/", "common/losses/multi")) for d in report)
+
+
+def test_the_closure_follows_relative_and_function_level_imports(tmp_path):
+    pkg = tmp_path / "common"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from . import leaf\n")
+    (pkg / "sub" / "leaf.py").write_text("def f():\n    from ..late import g\n")
+    (pkg / "late.py").write_text("import os\n")
+    (pkg / "unused.py").write_text("")
+    found = {p.relative_to(tmp_path).as_posix() for p in import_closure(["common.sub"], tmp_path)}
+    assert found == {"common/__init__.py", "common/sub/__init__.py", "common/sub/leaf.py", "common/late.py"}
+
+
+def test_run_entry_names_the_modules_of_the_building_blocks_in_params():
+    entry = run_entry("multi_similarity", "omniglot", PARAMS)
+    assert entry[0] == "common.runner"
+    assert {"common.losses.multi_similarity", "common.losses.contrastive", "common.losses.triplet"} <= set(
+        entry
+    )
+    assert "common.samplers.m_per_class" in entry
