@@ -24,8 +24,9 @@ system-packages:
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null || true; \
 	fi
 
+# The stages run `python -m ...`: the venv's python must come first on PATH.
 repro: system-packages $(STAMP)
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: system-packages $(STAMP)
 	$(BIN)/ruff check common papers tests benchmarks
