@@ -28,12 +28,6 @@ from common.params import ConfigError
 STAGE_MODULES = {"prepare": "common.data.prepare", "run": "common.runner", "report": "common.report.build"}
 
 
-def _index(args: argparse.Namespace) -> None:
-    from common.report.build import build_index
-
-    print(build_index())
-
-
 def _dvc_yaml(args: argparse.Namespace) -> None:
     from common.pipeline import render_dvc_yaml
 
@@ -104,8 +98,7 @@ def parser() -> argparse.ArgumentParser:
     ):  # parsed by their own modules (see main); listed here for --help
         sub.add_parser(name, help=f"{what} (python -m {STAGE_MODULES[name]}; see `repro {name} --help`)")
 
-    p = sub.add_parser("index", help="write reports/README.md from the paper reports")
-    p.set_defaults(func=_index)
+    sub.add_parser("index", help="write reports/README.md (python -m common.report.build --index)")
 
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml: the stages with the exact code each one imports")
     p.add_argument("--check", action="store_true", help="only check that dvc.yaml is current")
@@ -125,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "index":
+        argv = ["report", "--index", *argv[1:]]
     if argv and argv[0] in STAGE_MODULES:
         import importlib
 

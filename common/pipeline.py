@@ -20,7 +20,6 @@ import ast
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +100,11 @@ def import_closure(modules: Iterable[str], root: Path = REPO) -> set[Path]:
     return seen
 
 
+def code_deps(entry: Iterable[str], root: Path = REPO) -> list[str]:
+    """The import closure of ``entry`` as sorted repository-relative paths: a stage's code deps."""
+    return sorted(str(p.relative_to(root)) for p in import_closure(entry, root))
+
+
 # --------------------------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------------------------
@@ -135,7 +139,7 @@ class Stage:
     outs: list[dict[str, Any] | str] = field(default_factory=list)
 
     def code_deps(self, root: Path = REPO) -> list[str]:
-        return sorted(str(p.relative_to(root)) for p in import_closure(self.entry, root))
+        return code_deps(self.entry, root)
 
     def to_yaml(self, root: Path = REPO) -> dict[str, Any]:
         entry: dict[str, Any] = {"cmd": self.cmd, "deps": [*self.code_deps(root), *self.data_deps]}
@@ -217,17 +221,12 @@ def render_dvc_yaml(params_path: Path = Path("params.yaml")) -> str:
     return HEADER + yaml.safe_dump(body, sort_keys=False, width=110)
 
 
-@cache
-def _stage_by_run(paper: str, dataset: str, params_path: Path) -> Stage:
-    return Stage(name=run_stage(paper, dataset), cmd="", entry=run_entry(paper, dataset, params_path))
-
-
 def run_code_hash(
     paper: str, dataset: str, params_path: Path = Path("params.yaml"), root: Path = REPO
 ) -> str:
     """SHA-256 (16 hex) over the paths and bytes of the files a run stage depends on: a run is redone when
     this changes, and only then."""
     digest = hashlib.sha256()
-    for rel in _stage_by_run(paper, dataset, params_path).code_deps(root):
+    for rel in code_deps(run_entry(paper, dataset, params_path), root):
         digest.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -69,6 +69,15 @@ def masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, values, 0.0).sum() / valid.sum().clamp_min(1)
 
 
+def check_int(name: str, value: object, low: int) -> int:
+    """Return ``value`` or raise ``ValueError`` naming ``name`` if it is not an integer ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return value
+
+
 def check_real(
     name: str,
     value: object,

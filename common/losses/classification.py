@@ -27,16 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import check_real
-
-
-def check_int(name: str, value: object, low: int) -> int:
-    """Return ``value`` or raise ``ValueError`` naming ``name`` if it is not an integer ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return value
+from .base import check_int, check_real
 
 
 def check_class_counts(class_counts: object) -> list[int]:

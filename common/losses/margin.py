@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import check_inputs, check_real
-from .classification import check_int
+from .base import check_inputs, check_int, check_real
 
 
 class MarginHead(nn.Module):

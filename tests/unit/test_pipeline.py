@@ -74,9 +74,6 @@ def test_a_run_stage_lists_every_module_a_run_imports(stage):
     )
     listed = set(stage.code_deps())
     assert imported <= listed, f"{stage.name}: imported but not in dvc.yaml: {sorted(imported - listed)}"
-    # and what is listed but not imported in this process is only what a code path may still import
-    for path in listed - imported:
-        assert path.endswith("__init__.py") or (REPO / path).is_file()
 
 
 def test_a_loss_that_no_method_names_is_not_a_dependency():
