@@ -29,6 +29,7 @@ class Claim(BaseModel):
     datasets: list[str] | None = None  # None: every dataset of the paper
     paper_evidence: str = ""  # what the paper reports for it
     source: Literal["paper", "ours"] = "paper"  # "ours": a check we added, not a claim of the paper
+    lower_is_better: bool = False  # e.g. an error rate: "better" then means a lower value
 
 
 class Headline(BaseModel):
@@ -43,6 +44,32 @@ class Headline(BaseModel):
     ours_method: str
 
 
+RETRIEVAL_TABLE = [
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "map_at_r",
+    "r_precision",
+    "nmi",
+]
+FIGURES = ("recall_at_k", "similarities", "training_loss")
+
+
+class ReportSpec(BaseModel):
+    """What the paper's report shows: the table's metric columns (what the run records hold), a line that
+    explains them, the standard figures, and notes on the datasets (variants included)."""
+
+    model_config = ConfigDict(extra="forbid")
+    table: list[str] = RETRIEVAL_TABLE
+    table_note: str = (
+        "R@K: share of queries with a same-class item among the K nearest (R@1 = P@1); MAP@R and R-Prec as in "
+        "Musgrave et al. (2020); NMI of k-means on the test embeddings."
+    )
+    figures: list[Literal["recall_at_k", "similarities", "training_loss"]] = list(FIGURES)
+    dataset_notes: dict[str, str] = {}
+
+
 class PaperMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slug: str
@@ -55,6 +82,7 @@ class PaperMeta(BaseModel):
     scale_note: str
     headline: list[Headline] = []
     claims: list[Claim]
+    report: ReportSpec = ReportSpec()
 
 
 def load_paper(slug: str, root: Path = PAPERS_ROOT) -> PaperMeta:

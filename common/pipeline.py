@@ -111,9 +111,11 @@ def code_deps(entry: Iterable[str], root: Path = REPO) -> list[str]:
 
 
 def component_modules(paper: str, dataset: str, params_path: Path) -> set[str]:
-    """Modules of the loss, sampler, optimizer and model every method names, on every profile."""
+    """Modules of the loss, sampler, optimizer and model every method names, and of the optional evaluations
+    it asks for, on every profile."""
     from common import losses, models, optim, samplers
     from common.config import load_paper_section, resolve_runs
+    from common.engine.evaluation import evaluation_modules
 
     registries = {"loss": losses.LOSSES, "sampler": samplers.SAMPLERS}
     registries |= {"optimizer": optim.OPTIMIZERS, "model": models.MODELS}
@@ -126,6 +128,7 @@ def component_modules(paper: str, dataset: str, params_path: Path) -> set[str]:
                 module = registry.module_of(getattr(run, kind).name)
                 if module is not None:
                     found.add(module)
+            found.update(evaluation_modules(run))
     return found
 
 
@@ -161,6 +164,14 @@ def run_entry(paper: str, dataset: str, params_path: Path) -> list[str]:
     return entry
 
 
+def report_entry(paper: str) -> list[str]:
+    """The modules a report stage executes: the report builder and the paper's own sections, if it has any."""
+    entry = ["common.report.build"]
+    if module_file(f"papers.{paper}.report") is not None:
+        entry.append(f"papers.{paper}.report")
+    return entry
+
+
 def stages(params_path: Path = Path("params.yaml")) -> list[Stage]:
     from common.config import load_paper_section
     from common.paper import all_papers
@@ -179,13 +190,15 @@ def stages(params_path: Path = Path("params.yaml")) -> list[Stage]:
         for dataset in sorted(params.data)
     ]
     for paper in papers:
-        for dataset in sorted(load_paper_section(paper, params_path).datasets):
+        section = load_paper_section(paper, params_path)
+        for dataset, spec in sorted(section.datasets.items()):
+            source = (spec or {}).get("data", dataset)
             result.append(
                 Stage(
                     name=run_stage(paper, dataset),
                     cmd=f"${{launcher}} -m common.runner {paper} --dataset {dataset}",
                     entry=run_entry(paper, dataset, params_path),
-                    data_deps=[f"papers/{paper}/paper.yaml", f"data/prepared/{dataset}"],
+                    data_deps=[f"papers/{paper}/paper.yaml", f"data/prepared/{source}"],
                     params=["profile", paper],
                     outs=[_uncached(f"records/{paper}/{dataset}", persist=True)],
                 )
@@ -194,7 +207,7 @@ def stages(params_path: Path = Path("params.yaml")) -> list[Stage]:
             Stage(
                 name=report_stage(paper),
                 cmd=f"python -m common.report.build {paper}",
-                entry=["common.report.build"],
+                entry=report_entry(paper),
                 data_deps=[f"papers/{paper}/paper.yaml", f"records/{paper}"],
                 params=["profile", paper],
                 outs=[

@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 
 from common import samplers
 from common.config import RunConfig, resolve_runs
-from common.data.loading import data_fingerprint, load_prepared
-from common.engine.trainer import SplitTensors, fit_and_evaluate, to_model_input
+from common.data.loading import data_fingerprint, load_prepared, load_split
+from common.data.transforms import noisy_labels
+from common.engine.evaluation import OneShotRuns, SplitTensors
+from common.engine.trainer import fit_and_evaluate, to_model_input
 from common.errors import run_command
 from common.paper import check_claims, load_paper
 from common.params import ConfigError
@@ -54,8 +56,12 @@ def _load_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return load_prepared(path, split)
 
 
-def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, SplitTensors]:
-    return _model_inputs(prepared_root / run.dataset, run.image_size, run.train_limit, run.eval.max_items)
+@cache
+def _pixel_stats(path: Path, train_limit: int | None) -> tuple[float, float]:
+    """Mean and std of the training pixels (of the run's training subset): the standardization of every input."""
+    images, labels = _load_split(path, "train")
+    pixels = images[_subset(len(labels), train_limit)].float().div(255.0)
+    return float(pixels.mean()), float(pixels.std())
 
 
 @cache
@@ -69,11 +75,33 @@ def _model_inputs(
     train_images, train_labels = train_images[keep], train_labels[keep]
     keep = _subset(len(test_labels), eval_limit)
     test_images, test_labels = test_images[keep], test_labels[keep]
-    pixels = train_images.float().div(255.0)
-    mean, std = float(pixels.mean()), float(pixels.std())
+    mean, std = _pixel_stats(path, train_limit)
     return (
         SplitTensors(to_model_input(train_images, image_size, mean, std), train_labels),
         SplitTensors(to_model_input(test_images, image_size, mean, std), test_labels),
+    )
+
+
+def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, SplitTensors]:
+    train, test = _model_inputs(prepared_root / run.data, run.image_size, run.train_limit, run.eval.max_items)
+    if run.label_noise is not None:
+        noise = run.label_noise
+        noisy = noisy_labels(train.labels, noise.rate, noise.kind, seed=noise.seed).labels
+        train = SplitTensors(train.images, noisy, clean_labels=train.labels)
+    return train, test
+
+
+@cache
+def load_one_shot_runs(path: Path, image_size: int, train_limit: int | None) -> OneShotRuns:
+    """Omniglot's 20 one-shot runs (split ``one_shot_runs``), standardized like the run's training images."""
+    images, targets = _load_split(path, "one_shot_runs")
+    columns = load_split(path, "one_shot_runs").select_columns(["run", "role", "item"])[:]
+    return OneShotRuns(
+        images=to_model_input(images, image_size, *_pixel_stats(path, train_limit)),
+        runs=torch.tensor(columns["run"]),
+        is_test=torch.tensor([role == "test" for role in columns["role"]]),
+        items=torch.tensor(columns["item"]),
+        targets=targets,
     )
 
 
@@ -108,10 +136,10 @@ def run_paper(
         if dataset not in datasets:
             raise ConfigError(f"{params_path}: {paper}.datasets has no {dataset!r}; it has {datasets}")
         runs = [r for r in runs if r.dataset == dataset]
-    for name in sorted({r.dataset for r in runs}):
+    for name in sorted({r.data for r in runs}):
         data_fingerprint(prepared_root / name)  # fails now, with how to prepare it, if missing
     for run in runs:  # a batch the sampler cannot fill fails now, not after the first runs trained
-        labels = _load_split(prepared_root / run.dataset, "train")[1]
+        labels = _load_split(prepared_root / run.data, "train")[1]
         try:
             samplers.build(
                 run.sampler.name, labels=labels[_subset(len(labels), run.train_limit)], **run.sampler.kwargs
@@ -152,7 +180,10 @@ def run_paper(
             for run_id in earlier:
                 mark_abandoned(run_id)
         train, test = load_run_data(run, prepared_root)
-        fingerprint = data_fingerprint(prepared_root / run.dataset)
+        fingerprint = data_fingerprint(prepared_root / run.data)
+        one_shot = None
+        if run.eval.one_shot_runs:
+            one_shot = load_one_shot_runs(prepared_root / run.data, run.image_size, run.train_limit)
         tags = {
             "paper": paper,
             "method": run.method,
@@ -185,6 +216,7 @@ def run_paper(
                 checkpoint_dir,
                 accelerator,
                 on_epoch=lambda m, e: tracker.log_metrics(m, step=e),
+                one_shot=one_shot,
             )
             if main:
                 tracker.log_metrics(result.metrics, step=run.epochs)

@@ -24,22 +24,16 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from common import losses, models, optim, samplers
-from common.config import RunConfig
+from common.config import RunConfig, engine_loss_kwargs
 from common.engine.distributed import gather_with_grad
+from common.engine.evaluation import OneShotRuns, SplitTensors, evaluate
 from common.errors import UserError
-from common.metrics.retrieval import retrieval_metrics
 
 CHECKPOINT_PREFIX = "epoch_"
 
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or infinite; the run stops and is marked failed."""
-
-
-@dataclass
-class SplitTensors:
-    images: torch.Tensor  # float (N, 1, S, S), standardized
-    labels: torch.Tensor  # int64 (N,)
 
 
 @dataclass
@@ -95,36 +89,6 @@ def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int,
     accelerator.wait_for_everyone()
 
 
-@torch.no_grad()
-def embed(
-    model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512
-) -> torch.Tensor:
-    model.eval()
-    return torch.cat(
-        [
-            model(images[i : i + batch_size].to(device)).float().cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-
-
-def similarity_histograms(
-    embeddings: torch.Tensor, labels: torch.Tensor, bins: int = 40
-) -> dict[str, list[float]]:
-    """Histograms (densities over [-1, 1]) of cosine similarities of positive and negative test pairs."""
-    e = F.normalize(embeddings, dim=1)
-    sim = e @ e.T
-    same = labels[:, None] == labels[None, :]
-    off_diagonal = ~torch.eye(len(labels), dtype=torch.bool)
-    result = {"edges": torch.linspace(-1, 1, bins + 1).tolist()}
-    for name, mask in (("positive", same & off_diagonal), ("negative", ~same)):
-        values = sim[mask]
-        hist = torch.histc(values, bins=bins, min=-1, max=1)
-        result[name] = (hist / hist.sum().clamp_min(1) * bins / 2).tolist()
-        result[f"{name}_mean"] = [float(values.mean())] if len(values) else [float("nan")]
-    return result
-
-
 def fit_and_evaluate(
     run: RunConfig,
     train: SplitTensors,
@@ -132,6 +96,7 @@ def fit_and_evaluate(
     checkpoint_dir: Path,
     accelerator: Accelerator,
     on_epoch: Callable[[dict[str, float], int], None] = lambda metrics, epoch: None,
+    one_shot: OneShotRuns | None = None,
 ) -> RunResult:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # The accelerator keeps every model/optimizer it prepared and saves them all in save_state: start each
@@ -139,7 +104,10 @@ def fit_and_evaluate(
     accelerator.free_memory()
     set_seed(run.seed)
     model = models.build(run.model.name, **run.model.kwargs)
-    criterion = losses.build(run.loss.name, **run.loss.kwargs)
+    num_classes = int(train.labels.max()) + 1
+    criterion = losses.build(
+        run.loss.name, **run.loss.kwargs, **engine_loss_kwargs(run, model, num_classes=num_classes)
+    )
     trainable = list(model.parameters()) + list(criterion.parameters())
     optimizer = optim.build(run.optimizer.name, trainable, **run.optimizer.kwargs)
     if any(p.requires_grad for p in criterion.parameters()):  # proxy/margin heads own class weights
@@ -185,9 +153,14 @@ def fit_and_evaluate(
                 images = random_shift(images)
             labels = train.labels[batch].to(device)
             embeddings = model(images.to(device))
-            if accelerator.num_processes > 1:
-                embeddings, labels = gather_with_grad(embeddings), gather_with_grad(labels)
-            loss = criterion(embeddings, labels)
+            support, embeddings = sampler.split_batch(embeddings)
+            support_labels, labels = sampler.split_batch(labels)
+            if support is not None:  # an episode: the queries against its support set, on each rank alone
+                loss = criterion(embeddings, labels, support, support_labels)
+            else:
+                if accelerator.num_processes > 1:
+                    embeddings, labels = gather_with_grad(embeddings), gather_with_grad(labels)
+                loss = criterion(embeddings, labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{run.paper} {run.key}: the loss is {loss.item()} at epoch {epoch}, step {step}; "
@@ -213,16 +186,18 @@ def fit_and_evaluate(
 
     result = RunResult(metrics={}, history=history, resumed_from_epoch=start_epoch)
     if accelerator.is_main_process:
-        embeddings = embed(accelerator.unwrap_model(model), test.images, device)
-        result.metrics = retrieval_metrics(
-            embeddings, test.labels, ks=run.eval.ks, chunk_size=run.eval.chunk_size
+        result.metrics, result.similarity_histograms = evaluate(
+            run,
+            accelerator.unwrap_model(model),
+            accelerator.unwrap_model(criterion),
+            device,
+            train,
+            test,
+            one_shot,
         )
         if any(not math.isfinite(v) for v in result.metrics.values()):
             raise NonFiniteLossError(
                 f"{run.paper} {run.key}: evaluation produced non-finite metrics {result.metrics}"
             )
-        subset = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))
-        subset = subset[: run.eval.histogram_pairs]
-        result.similarity_histograms = similarity_histograms(embeddings[subset], test.labels[subset])
     accelerator.wait_for_everyone()
     return result

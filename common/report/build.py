@@ -8,9 +8,11 @@ batches for both methods), which is what the seeds control for.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,12 @@ METRIC_NAMES = {
     "r_precision": "R-Prec",
     "map_at_r": "MAP@R",
     "nmi": "NMI",
+    "tar_at_far_0.01": "TAR@FAR=1e-2",
+    "tar_at_far_0.001": "TAR@FAR=1e-3",
+    "one_shot_error": "one-shot runs: error",
+    "dominant_share_clean": "clean in dominant",
+    "dominant_share_noisy": "noisy in dominant",
 }
-TABLE_METRICS = ["recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "r_precision", "nmi"]
 DATASET_NOTES = {
     "omniglot": "class-disjoint: trained on 5 background alphabets (136 characters), retrieval among the "
     "2120 images of 106 unseen characters (3 other alphabets)",
@@ -40,7 +46,48 @@ DATASET_NOTES = {
 }
 
 
+FIGURES = {
+    "recall_at_k": (plots.recall_at_k_curves, "Recall@K", "Recall@K, mean and 95% interval over seeds."),
+    "similarities": (
+        plots.similarity_histograms,
+        "Similarity histograms",
+        "Cosine similarities of positive and negative test pairs (a fixed subset of the test embeddings, "
+        "densities averaged over seeds).",
+    ),
+    "training_loss": (
+        plots.training_curves,
+        "Training loss",
+        "Training loss per epoch, relative to the first epoch, mean over seeds.",
+    ),
+}
+
+
+@dataclass
+class ReportContext:
+    """What a paper's own report sections (``papers/<slug>/report.py``) get to work with."""
+
+    meta: PaperMeta
+    groups: dict[tuple[str, str], list[dict]]  # (dataset, method) -> records, by seed
+    datasets: list[str]
+    methods: list[str]
+    figures: Path  # where its figures go; the markdown refers to them as figures/<slug>/<name>.png
+
+
+def paper_sections(slug: str, context: ReportContext) -> list[str]:
+    """Markdown lines from ``papers.<slug>.report.sections(context)``, if the paper has that module."""
+    try:
+        module = importlib.import_module(f"papers.{slug}.report")
+    except ModuleNotFoundError as err:
+        if err.name not in (f"papers.{slug}.report", f"papers.{slug}"):
+            raise
+        return []
+    return list(module.sections(context))
+
+
 def _metric_name(key: str) -> str:
+    if key.startswith("fewshot_"):  # fewshot_5way_1shot -> 5-way 1-shot
+        ways, shots = key.removeprefix("fewshot_").split("_")[:2]
+        return f"{ways.removesuffix('way')}-way {shots.removesuffix('shot')}-shot"
     return METRIC_NAMES.get(key, key)
 
 
@@ -53,9 +100,12 @@ def _group(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
-def _paired_difference(better: list[dict], worse: list[dict], metric: str) -> Interval:
+def _paired_difference(better: list[dict], worse: list[dict], metric: str, sign: float = 1.0) -> Interval:
+    """Per-seed ``better - worse`` (``sign=-1``: ``worse - better``, for a metric where lower is better)."""
     worse_by_seed = {r["seed"]: r["metrics"][metric] for r in worse}
-    diffs = [r["metrics"][metric] - worse_by_seed[r["seed"]] for r in better if r["seed"] in worse_by_seed]
+    diffs = [
+        sign * (r["metrics"][metric] - worse_by_seed[r["seed"]]) for r in better if r["seed"] in worse_by_seed
+    ]
     return mean_ci(diffs)
 
 
@@ -69,7 +119,7 @@ def evaluate_claims(meta: PaperMeta, groups: dict, datasets: list[str]) -> list[
                     {"claim": claim.id, "dataset": dataset, "verdict": INCONCLUSIVE, "why": "no runs"}
                 )
                 continue
-            diff = _paired_difference(better, worse, claim.metric)
+            diff = _paired_difference(better, worse, claim.metric, -1.0 if claim.lower_is_better else 1.0)
             rows.append(
                 {
                     "claim": claim.id,
@@ -116,9 +166,12 @@ def build_report(
     claims = evaluate_claims(meta, groups, datasets)
     profile = runs[0].profile
     figures = reports_root / "figures" / slug
-    plots.recall_at_k_curves(groups, datasets, figures / "recall_at_k.png")
-    plots.similarity_histograms(groups, datasets, figures / "similarities.png")
-    plots.training_curves(groups, datasets, figures / "training_loss.png")
+    figure_lines = []
+    for name in meta.report.figures:
+        draw, title, caption = FIGURES[name]
+        draw(groups, datasets, figures / f"{name}.png")
+        figure_lines += [f"![{title}](figures/{slug}/{name}.png)", "", caption, ""]
+    extra = paper_sections(slug, ReportContext(meta, groups, datasets, methods, figures))
 
     commits = sorted({r["provenance"]["git_commit"] for r in records})
     dirty = any(str(r["provenance"]["git_dirty"]) == "True" for r in records)
@@ -145,17 +198,20 @@ def build_report(
         "",
         "## Results",
         "",
-        f"Mean ± 95% confidence interval (Student t) over seeds {seeds}, in %. "
-        "R@K: share of queries with a same-class item among the K nearest (R@1 = P@1); MAP@R and R-Prec as in "
-        "Musgrave et al. (2020); NMI of k-means on the test embeddings.",
+        f"Mean ± 95% confidence interval (Student t) over seeds {seeds}, in %. " + meta.report.table_note,
     ]
     for dataset in datasets:
-        lines += ["", f"### {dataset}", "", DATASET_NOTES.get(dataset, ""), ""]
-        lines.append("| method | " + " | ".join(_metric_name(m) for m in TABLE_METRICS) + " | MLflow runs |")
-        lines.append("|---|" + "---|" * (len(TABLE_METRICS) + 1))
+        note = meta.report.dataset_notes.get(dataset, DATASET_NOTES.get(dataset, ""))
+        lines += ["", f"### {dataset}", "", note, ""]
+        table = meta.report.table
+        lines.append("| method | " + " | ".join(_metric_name(m) for m in table) + " | MLflow runs |")
+        lines.append("|---|" + "---|" * (len(table) + 1))
         for method in methods:
             members = groups[(dataset, method)]
-            cells = [mean_ci([r["metrics"][m] for r in members]).format() for m in TABLE_METRICS]
+            cells = [
+                mean_ci([r["metrics"][m] for r in members]).format() if m in members[0]["metrics"] else "n/a"
+                for m in table
+            ]
             run_ids = ", ".join(f"`{r['provenance']['mlflow_run_id'][:8]}`" for r in members)
             lines.append(f"| {members[0]['label']} | " + " | ".join(cells) + f" | {run_ids} |")
 
@@ -194,22 +250,11 @@ def build_report(
         lines += ["", f"Not comparable as numbers: {meta.scale_note}"]
 
     lines += [
+        *extra,
         "",
         "## Figures",
         "",
-        f"![Recall@K](figures/{slug}/recall_at_k.png)",
-        "",
-        "Recall@K, mean and 95% interval over seeds.",
-        "",
-        f"![Similarity histograms](figures/{slug}/similarities.png)",
-        "",
-        "Cosine similarities of positive and negative test pairs (a fixed subset of 2000 test embeddings, "
-        "densities averaged over seeds).",
-        "",
-        f"![Training loss](figures/{slug}/training_loss.png)",
-        "",
-        "Training loss per epoch, relative to the first epoch, mean over seeds.",
-        "",
+        *figure_lines,
         "## Provenance",
         "",
         f"- regenerate: `dvc repro report-{slug}` (runs the paper's `run-{slug}-<dataset>` stages first if their code, params or data changed)",

@@ -72,6 +72,11 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    def split_batch(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(reference, query)``: the rows of a batch (indices, inputs, embeddings or labels) that a loss
+        compares the queries with, and the queries. A plain batch is its own reference (``None``)."""
+        return None, rows
+
     def _generator(self) -> torch.Generator:
         """A fresh generator seeded by (seed, epoch), the same on every rank."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

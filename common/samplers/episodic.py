@@ -88,6 +88,10 @@ class EpisodicBatchSampler(EpochBatchSampler):
     def batch_size(self) -> int:
         return self.n_way * (self.k_shot + self.q_query)
 
+    def split_batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(support, query)`` rows of an episode: the support set is the loss's reference."""
+        return split_episode(rows, self.n_way, self.k_shot, self.q_query)
+
     def _episode(self, generator: torch.Generator) -> list[int]:
         ways = torch.randperm(len(self.classes), generator=generator)[: self.n_way]
         support, query = [], []

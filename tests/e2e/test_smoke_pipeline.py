@@ -177,12 +177,20 @@ def test_check_reports_passes_when_current_and_names_the_stage_when_code_changes
 def test_a_change_to_a_loss_no_method_uses_stales_nothing(smoke_repo):
     repo, env, _ = smoke_repo
     for unrelated in (
-        "common/losses/arcface.py",
+        "common/losses/ldam.py",
         "common/samplers/episodic.py",
-        "common/metrics/verification.py",
+        "common/engine/few_shot.py",
     ):
         result = _check_reports_after_editing(repo, env, unrelated)
         assert result.returncode == 0, f"{unrelated}: {result.stderr}"
+
+
+def test_a_change_to_an_optional_evaluation_stales_only_the_papers_that_use_it(smoke_repo):
+    repo, env, _ = smoke_repo
+    result = _check_reports_after_editing(repo, env, "common/metrics/verification.py")
+    assert result.returncode == 2
+    stale = {line.split(":")[0].strip("- ") for line in result.stderr.splitlines() if "modified" in line}
+    assert stale == {"run-arcface-omniglot", "run-arcface-omniglot_noise20", "run-arcface-omniglot_noise40"}
 
 
 def test_audit_traces_every_run_and_flags_drift(smoke_repo):

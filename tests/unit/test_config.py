@@ -63,8 +63,14 @@ def test_the_committed_params_resolve_for_every_profile():
             lambda p: p["multi_similarity"]["profiles"]["cpu"].update(seeds=[]),
             "seeds must be a non-empty list",
         ),
-        (lambda p: p["multi_similarity"]["datasets"].update(cifar={}), "unknown dataset"),
-        (lambda p: p["multi_similarity"]["methods"]["triplet"].update(epochs=9), "may set only 'loss'"),
+        (
+            lambda p: p["multi_similarity"]["datasets"].update(cifar={}),
+            "dataset .cifar.: not a prepared dataset",
+        ),
+        (
+            lambda p: p["multi_similarity"]["methods"]["triplet"].update(epochs=9),
+            r"methods.triplet sets \[.epochs.\], but the paper.s methods vary only",
+        ),
         (lambda p: p["multi_similarity"]["train"]["sampler"].update(name="nope"), "unknown sampler 'nope'"),
         (lambda p: p.update(profile="tpu"), "profile"),
         (lambda p: p["multi_similarity"]["train"].update(augment="rotate"), "augment"),
@@ -85,3 +91,28 @@ def test_missing_params_file_and_section(tmp_path):
 def test_config_hash_changes_with_any_setting():
     runs = resolve_runs("multi_similarity", REPO / "params.yaml", "cpu")
     assert len({r.config_hash() for r in runs}) == len(runs)
+
+
+def test_a_dataset_variant_reads_its_source_and_carries_its_label_noise():
+    from common.config import resolve_runs
+
+    runs = [r for r in resolve_runs("arcface", "params.yaml", "smoke") if r.dataset == "omniglot_noise40"]
+    assert runs and all(r.data == "omniglot" and r.label_noise.rate == 0.4 for r in runs)
+
+
+def test_varies_lets_methods_set_the_declared_key_only(tmp_path):
+    import yaml
+
+    from common.config import resolve_runs
+
+    params = yaml.safe_load(open("params.yaml"))
+    params["multi_similarity"]["methods"]["triplet"]["sampler"] = {"samples_per_class": 2}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"methods.triplet sets \['sampler'\]"):
+        resolve_runs("multi_similarity", path, "smoke")
+    params["multi_similarity"]["varies"] = ["loss", "sampler"]
+    path.write_text(yaml.safe_dump(params))
+    runs = resolve_runs("multi_similarity", path, "smoke")
+    assert {r.sampler.kwargs["samples_per_class"] for r in runs if r.method == "triplet"} == {2}
+    assert {r.sampler.kwargs["samples_per_class"] for r in runs if r.method != "triplet"} == {4}

@@ -22,6 +22,7 @@ NAMES = {
     "triplet",
     "multi_similarity",
     "circle",
+    "circle_class",
     "ntxent",
     "supcon",
     "siglip",

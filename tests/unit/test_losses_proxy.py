@@ -426,3 +426,51 @@ def test_out_of_range_hyperparameters(name, kwargs, arg):
 def test_bad_inputs_raise_value_error(call):
     with pytest.raises(ValueError):
         call(build("arcface", num_classes=4, embedding_dim=8))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Circle loss with class-level labels
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _circle_class_oracle(x, labels, weight, m, gamma):
+    """Sun et al. (2020) Eq. (6) per sample with the class weights as partners, a_p and a_n detached."""
+    total = x.new_zeros(())
+    for i in range(len(x)):
+        y = int(labels[i])
+        cos = [torch.dot(x[i], w) / (x[i].norm() * w.norm()) for w in weight]
+        s_p = cos[y]
+        a_p = torch.clamp(1 + m - s_p.detach(), min=0)
+        positive = torch.exp(-gamma * a_p * (s_p - (1 - m)))
+        negative = sum(
+            torch.exp(gamma * torch.clamp(c.detach() + m, min=0) * (c - m)) for j, c in enumerate(cos) if j != y
+        )
+        total = total + torch.log(1 + negative * positive)
+    return total / len(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kwargs", [{"m": 0.25, "gamma": 8.0}, {"m": 0.4, "gamma": 2.0}])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_circle_class_against_loop_oracle(kwargs, dtype, seed):
+    torch.manual_seed(seed)
+    head = build("circle_class", num_classes=5, embedding_dim=8, **kwargs).to(dtype)
+    head.weight.data.normal_()
+    x, labels = batch(dtype, seed, n=12)
+    x.requires_grad_(True)
+    loss = head(x, labels)
+    loss.backward()
+    got_x, got_w = x.grad.clone(), head.weight.grad.clone()
+    x.grad = None
+    weight = head.weight.detach().clone().requires_grad_(True)
+    expected = _circle_class_oracle(x, labels, weight, kwargs["m"], kwargs["gamma"])
+    expected.backward()
+    assert_close(loss, expected, dtype)
+    assert_close(got_x, x.grad, dtype)
+    assert_close(got_w, weight.grad, dtype)
+
+
+def test_circle_class_defaults_are_the_papers_face_setting():
+    head = build("circle_class", num_classes=3, embedding_dim=4)
+    assert (head.m, head.scale) == (0.25, 256.0)
+    assert "Sun" in type(head).__doc__ and "Eq. (6)" in type(head).__doc__

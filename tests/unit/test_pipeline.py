@@ -58,18 +58,23 @@ def test_a_run_stage_lists_every_module_a_run_imports(stage):
     paper, dataset = stage.cmd.split()[3], stage.cmd.split()[-1]
     imported = _runtime_imports(
         f"""
+        import importlib
         import torch
         from common import losses, models, optim, samplers
-        from common.config import load_paper_section, resolve_runs
+        from common.config import engine_loss_kwargs, load_paper_section, resolve_runs
+        from common.engine.evaluation import evaluation_modules
         import common.runner
         for profile in load_paper_section({paper!r}, "params.yaml").profiles:
             for run in resolve_runs({paper!r}, "params.yaml", profile):
                 if run.dataset != {dataset!r}:
                     continue
                 model = models.build(run.model.name, **run.model.kwargs)
-                criterion = losses.build(run.loss.name, **run.loss.kwargs)
+                extra = engine_loss_kwargs(run, model, num_classes=3)
+                criterion = losses.build(run.loss.name, **run.loss.kwargs, **extra)
                 optim.build(run.optimizer.name, list(model.parameters()), **run.optimizer.kwargs)
                 samplers.SAMPLERS.get(run.sampler.name)
+                for module in evaluation_modules(run):
+                    importlib.import_module(module)
         """
     )
     listed = set(stage.code_deps())
@@ -87,6 +92,19 @@ def test_a_loss_that_no_method_names_is_not_a_dependency():
     report = _code_deps(deps["report-multi_similarity"])
     assert "common/report/build.py" in report
     assert not any(d.startswith(("common/engine/", "common/losses/multi")) for d in report)
+
+
+def test_optional_evaluations_are_dependencies_only_where_asked_for():
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    ms = _code_deps(deps["run-multi_similarity-omniglot"])
+    arcface = _code_deps(deps["run-arcface-omniglot_noise20"])
+    assert "common/metrics/verification.py" in arcface
+    assert "common/metrics/verification.py" not in ms
+    assert "common/engine/few_shot.py" not in ms | arcface
+    assert "papers/arcface/report.py" in _code_deps(deps["report-arcface"])
+    assert deps["run-arcface-omniglot_noise20"]["deps"][-1] == "data/prepared/omniglot", (
+        "a variant reads its source"
+    )
 
 
 def test_the_closure_follows_relative_and_function_level_imports(tmp_path):
