@@ -443,7 +443,9 @@ def _circle_class_oracle(x, labels, weight, m, gamma):
         a_p = torch.clamp(1 + m - s_p.detach(), min=0)
         positive = torch.exp(-gamma * a_p * (s_p - (1 - m)))
         negative = sum(
-            torch.exp(gamma * torch.clamp(c.detach() + m, min=0) * (c - m)) for j, c in enumerate(cos) if j != y
+            torch.exp(gamma * torch.clamp(c.detach() + m, min=0) * (c - m))
+            for j, c in enumerate(cos)
+            if j != y
         )
         total = total + torch.log(1 + negative * positive)
     return total / len(x)
