@@ -42,7 +42,9 @@ def _run_stage(workdir: Path, prepared: Path, processes: int, edit=None) -> subp
         command += ["--num_processes", str(processes), "--main_process_port", str(port)]
     command += ["-m", "common.runner", "multi_similarity", "--dataset", "omniglot"]
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # a crashed rank's own traceback is what explains the others' errors: show it first
+    crashed = "\n".join(line for line in result.stderr.splitlines() if line.startswith("[rank1]"))
+    assert result.returncode == 0, crashed[-3000:] + "\n---\n" + result.stderr[-3000:]
     return result
 
 

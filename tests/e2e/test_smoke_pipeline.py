@@ -111,7 +111,9 @@ def test_smoke_repro_writes_the_report_and_index(smoke_repo):
 
 def test_every_row_traces_to_a_finished_mlflow_run(smoke_repo):
     repo, _, _ = smoke_repo
-    records = [json.loads(p.read_text()) for p in sorted((repo / "records").rglob("seed*.json"))]
+    records = [
+        json.loads(p.read_text()) for p in sorted((repo / "records" / "multi_similarity").rglob("seed*.json"))
+    ]
     assert {(r["dataset"], r["method"]) for r in records} == {(d, m) for d in DATASETS for m in METHODS}
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("multi_similarity")
@@ -198,7 +200,7 @@ def test_audit_traces_every_run_and_flags_drift(smoke_repo):
     command = [str(BIN / "python"), "-m", "common.cli", "audit", "reports/multi_similarity.md"]
     clean = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
-    records = [json.loads(p.read_text()) for p in (repo / "records").rglob("seed*.json")]
+    records = [json.loads(p.read_text()) for p in (repo / "records" / "multi_similarity").rglob("seed*.json")]
     for record in records:
         assert record["provenance"]["mlflow_run_id"] in clean.stdout
     assert "run-multi_similarity-omniglot in dvc.lock" in clean.stdout
