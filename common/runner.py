@@ -37,6 +37,7 @@ from common.pipeline import run_code_hash, run_stage
 from common.records import read_record, record_path, write_record
 from common.registry import BuildError
 from common.tracking import RunTracker, mark_abandoned
+from common.tracking.mlflow_tracking import check_tracking_store
 from common.tracking.provenance import git_commit, git_dirty, hardware, versions
 
 PREPARED_ROOT = Path("data/prepared")
@@ -148,6 +149,7 @@ def run_paper(
             raise ConfigError(
                 f"{params_path}: {paper} (dataset {run.dataset}, method {run.method}): sampler: {err}"
             ) from err
+    check_tracking_store()  # an unreachable or unwritable store fails now, not after training
 
     accelerator = Accelerator()
     main = accelerator.is_main_process
