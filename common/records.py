@@ -8,12 +8,13 @@ committed to git, so a clean clone holds every number and where it came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
+from common.errors import UserError, writing
 
 SCHEMA_VERSION = 1
 RECORDS_ROOT = Path("records")
@@ -28,13 +29,26 @@ def record_path(root: Path, paper: str, dataset: str, method: str, seed: int) ->
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    """Atomic: a reader (or DVC) never sees a half-written record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic: a reader (or DVC) never sees a half-written record, and a failed write leaves nothing.
+
+    The record goes to ``<name>.json.partial``, is flushed to disk, then renamed over ``path``. A write the
+    file system refuses (disk full, no permission) is a ``StorageError`` naming the record, and the
+    partial file is removed.
+    """
+    text = json.dumps({"schema_version": SCHEMA_VERSION, **record}, indent=1, sort_keys=True) + "\n"
     partial = path.with_suffix(".json.partial")
-    partial.write_text(
-        json.dumps({"schema_version": SCHEMA_VERSION, **record}, indent=1, sort_keys=True) + "\n"
-    )
-    os.replace(partial, path)
+    with writing(path, "the run record"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(partial, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise
 
 
 def read_record(path: Path) -> dict[str, Any]:

@@ -30,13 +30,14 @@ from common.data.loading import data_fingerprint, load_prepared, load_split
 from common.data.transforms import noisy_labels
 from common.engine.evaluation import OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
-from common.errors import run_command
+from common.errors import check_writable_dir, run_command
 from common.paper import check_claims, load_paper
 from common.params import ConfigError
 from common.pipeline import run_code_hash, run_stage
 from common.records import read_record, record_path, write_record
 from common.registry import BuildError
 from common.tracking import RunTracker, mark_abandoned
+from common.tracking.mlflow_tracking import check_tracking_store
 from common.tracking.provenance import git_commit, git_dirty, hardware, versions
 
 PREPARED_ROOT = Path("data/prepared")
@@ -148,6 +149,9 @@ def run_paper(
             raise ConfigError(
                 f"{params_path}: {paper} (dataset {run.dataset}, method {run.method}): sampler: {err}"
             ) from err
+    check_tracking_store()  # an unreachable or unwritable store fails now, not after training
+    check_writable_dir(records_root / paper, "the run records")
+    check_writable_dir(checkpoints_root / paper, "the checkpoints")
 
     accelerator = Accelerator()
     main = accelerator.is_main_process

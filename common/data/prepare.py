@@ -4,8 +4,9 @@ Resolves the raw source, verifies its checksums, converts it to a HF ``DatasetDi
 ``save_to_disk``, atomically: the dataset is written to a temporary directory beside ``--out`` and renamed
 into place only once complete, so an interrupted prepare never leaves a half-written output. Nothing else
 is written, except a download into ``--raw-dir`` (``data/raw/<dataset>``) when no local source has the
-files. Prints one line: splits, sizes, fingerprint. A missing or corrupted source prints what to do on
-stderr and exits with status 2, without a traceback.
+files. Prints one line: splits, sizes, fingerprint. A missing or corrupted source, an output directory that
+is not writable (checked before the source is read) or a write the disk refuses (full, size limit) prints
+what to do on stderr and exits with status 2, without a traceback, leaving no output behind.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from common.data.loading import data_fingerprint
 from common.data.sources import DataSourceError
-from common.errors import UserError
+from common.errors import check_writable_dir, run_command, writing
 from common.params import load_params
 
 # dataset name -> its module, which has `build(source_dir, *, download_dir, allow_download, ...)`
@@ -54,33 +55,38 @@ def _save_quietly(dataset_dict: Any, path: Path) -> None:
 
 
 def save_atomically(dataset_dict: Any, out: str | os.PathLike[str]) -> Path:
-    """``save_to_disk`` into a temporary sibling of ``out``, then rename it to ``out`` (replacing it)."""
+    """``save_to_disk`` into a temporary sibling of ``out``, then rename it to ``out`` (replacing it).
+
+    On any failure the temporary directory is removed and a previous ``out`` is left as it was; a write the
+    file system refuses (disk full, no permission) is a ``StorageError`` naming ``out``.
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old: Path | None = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it the mode a plain mkdir would
-        _save_quietly(dataset_dict, tmp)
-        if out.exists() or out.is_symlink():
-            old = out.with_name(tmp.name.replace(".tmp-", ".old-", 1))  # unique, as tmp is
-            os.replace(out, old)
+    with writing(out, "the prepared dataset"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        old: Path | None = None
         try:
-            os.replace(tmp, out)
-        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; give it the mode a plain mkdir would
+            _save_quietly(dataset_dict, tmp)
+            if out.exists() or out.is_symlink():
+                old = out.with_name(tmp.name.replace(".tmp-", ".old-", 1))  # unique, as tmp is
+                os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                if old is not None:
+                    os.replace(old, out)
+                    old = None
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
             if old is not None:
-                os.replace(old, out)
-                old = None
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
     return out
 
 
@@ -95,6 +101,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Build ``dataset`` and save it atomically to ``out``; returns a summary (splits, sizes, fingerprint)."""
     module = builder(dataset)
+    check_writable_dir(Path(out).parent, "the prepared dataset")  # now, not after reading the source
     dataset_dict = module.build(
         source_dir or None,
         download_dir=module.DEFAULT_DOWNLOAD_DIR if raw_dir is None else raw_dir,
@@ -130,24 +137,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-download", action="store_true", help="never download; fail if no local source")
     args = parser.parse_args(argv)
 
-    previous_handler = signal.signal(signal.SIGTERM, _terminate)
-    start = time.perf_counter()
-    try:
+    summary: dict[str, Any] = {}
+
+    def run() -> None:
         source_dir = args.source_dir
         if source_dir is None and Path(args.params).is_file():
             source_dir = (load_params(args.params)[0].data.get(args.dataset) or {}).get("source_dir")
-        summary = prepare(
-            args.dataset,
-            args.out or f"data/prepared/{args.dataset}",
-            source_dir=source_dir,
-            raw_dir=args.raw_dir,
-            allow_download=not args.no_download,
+        summary.update(
+            prepare(
+                args.dataset,
+                args.out or f"data/prepared/{args.dataset}",
+                source_dir=source_dir,
+                raw_dir=args.raw_dir,
+                allow_download=not args.no_download,
+            )
         )
-    except UserError as err:
-        print(f"prepare {args.dataset}: {err}", file=sys.stderr)
-        return 2
+
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
+    start = time.perf_counter()
+    try:
+        code = run_command(f"prepare {args.dataset}", run)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+    if code:
+        return code
     sizes = " ".join(f"{split}={n}" for split, n in summary["splits"].items())
     print(
         f"{args.dataset}: {sizes} -> {summary['out']} "

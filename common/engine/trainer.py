@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from common import losses, models, optim, samplers
 from common.config import RunConfig, engine_loss_kwargs
 from common.engine.distributed import gather_with_grad
 from common.engine.evaluation import OneShotRuns, SplitTensors, evaluate
-from common.errors import UserError
+from common.errors import StorageError, UserError, storage_message, writing
 
 CHECKPOINT_PREFIX = "epoch_"
 
@@ -79,14 +80,43 @@ def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int,
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    if accelerator.is_main_process:
-        (partial / "history.json").write_text(json.dumps(history, indent=1))
-        partial.rename(final)
-        for older in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-            if older != final:
-                shutil.rmtree(older)
+    with writing(partial, "the checkpoint"):
+        try:
+            accelerator.save_state(str(partial))
+        except OSError:
+            raise
+        except Exception as err:  # torch's and safetensors' writers report a refused write without errno
+            refused = _refused_checkpoint(partial, err)
+            if refused is None:
+                raise
+            raise refused from err
+        if accelerator.is_main_process:
+            (partial / "history.json").write_text(json.dumps(history, indent=1))
+            partial.rename(final)
+            for older in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+                if older != final:
+                    shutil.rmtree(older)
     accelerator.wait_for_everyone()
+
+
+def _refused_checkpoint(partial: Path, err: Exception) -> StorageError | None:
+    """A ``StorageError`` if ``err`` is a write that ``save_state`` could not finish, else ``None``.
+
+    On a full disk or past a file size limit, PyTorch's zip writer raises a ``RuntimeError`` ("unexpected
+    pos ...", "file write failed") and safetensors a ``SafetensorError`` ("... (os error 28)").
+    """
+    text = str(err)
+    if found := re.search(r"\(os error (\d+)\)", text):
+        message = storage_message(OSError(int(found[1]), text), partial, "the checkpoint")
+        if message is not None:
+            return StorageError(message)
+    if isinstance(err, RuntimeError) and re.search(r"unexpected pos|write failed|PytorchStreamWriter", text):
+        return StorageError(
+            f"cannot write the checkpoint {partial}: the write failed ({text.strip().splitlines()[0][:200]}): "
+            "is the disk full, or a file size limit reached? Free some space (or raise the limit) and run it "
+            "again; the run resumes from its last complete checkpoint"
+        )
+    return None
 
 
 def fit_and_evaluate(

@@ -14,10 +14,38 @@ SOURCE_PATHS = ("common", "papers", "params.yaml", "dvc.yaml", "pyproject.toml")
 PACKAGES = ("torch", "accelerate", "datasets", "mlflow", "dvc", "numpy", "pydantic")
 
 
+# A queued (`dvc exp run --queue`) or `--temp` experiment runs in a temporary copy at <root>/.dvc/tmp/exps/<tmp>.
+_EXPERIMENT_COPIES = (".dvc", "tmp", "exps")
+
+
 def repo_root() -> Path:
-    """The repository root: ``DVC_ROOT`` inside a DVC stage, else git's top level, else the working dir."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
+    """The user's repository root, home of the MLflow store and its artifacts.
+
+    ``DVC_ROOT`` inside a DVC stage, else git's top level, else the working dir. A queued or ``--temp``
+    experiment runs in a temporary copy that DVC deletes afterwards; DVC (3.67 here) sets ``DVC_ROOT`` to
+    the original root there, and a root inside ``<root>/.dvc/tmp/exps/`` is mapped back to ``<root>`` in any
+    case, so no run is logged into a copy that disappears.
+    """
+    root = Path(os.environ["DVC_ROOT"]) if os.environ.get("DVC_ROOT") else workspace_root()
+    return outside_experiment_copy(root.resolve())
+
+
+def outside_experiment_copy(path: Path) -> Path:
+    """``<root>`` for a path inside ``<root>/.dvc/tmp/exps/``; any other path unchanged."""
+    parts = path.parts
+    n = len(_EXPERIMENT_COPIES)
+    for i in range(len(parts) - n + 1):
+        if parts[i : i + n] == _EXPERIMENT_COPIES:
+            return Path(*parts[:i])
+    return path
+
+
+def workspace_root() -> Path:
+    """Where this run's code and params are: git's top level from the working dir, else the working dir.
+
+    The same as ``repo_root()`` except in a queued experiment, whose temporary copy is a git work tree of its
+    own (the baseline commit plus the experiment's ``-S`` changes): provenance is read there.
+    """
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True, timeout=10
@@ -30,7 +58,7 @@ def repo_root() -> Path:
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=30, cwd=repo_root()
+            ["git", *args], capture_output=True, text=True, check=True, timeout=30, cwd=workspace_root()
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
