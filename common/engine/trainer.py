@@ -90,6 +90,7 @@ def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int,
             if refused is None:
                 raise
             raise refused from err
+        accelerator.wait_for_everyone()  # every rank has written its RNG state before rank 0 renames the folder
         if accelerator.is_main_process:
             (partial / "history.json").write_text(json.dumps(history, indent=1))
             partial.rename(final)
