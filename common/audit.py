@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from common.config import resolve_runs
+from common.config import expected_config, load_paper_section, resolve_runs
 from common.pipeline import report_stage, run_code_hash, run_stage
 from common.records import read_paper_records
 from common.staleness import stale_stages
@@ -68,6 +68,7 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
         result.problems.append(f"records/{slug}: no run records behind {report}")
         return result
     current = {(r.dataset, r.method, r.seed): r for r in resolve_runs(slug, params_path)}
+    tune = load_paper_section(slug, params_path).tune
     code_hashes = {d: run_code_hash(slug, d, params_path) for d in {r["dataset"] for r in records}}
     lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
     stale = stale_stages(dvc=dvc)
@@ -85,23 +86,27 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
             f"params {record['config_hash']}, code {prov.get('code_hash')}, data {prov['data_fingerprint']}, "
             f"profile {prov['profile']}, world size {prov['world_size']}"
         )
+        expected = expected_config(current[key], record, tune) if key in current else None
         if key not in current:
             result.problems.append(f"{name}: no longer in params.yaml ({slug})")
-        elif current[key].config_hash() != record["config_hash"]:
+        elif expected is None:
             result.problems.append(
-                f"{name}: params drifted (run {record['config_hash']}, now {current[key].config_hash()})"
+                f"{name}: params drifted (its tuning trials differ from the paper's tune section)"
+            )
+        elif expected.config_hash() != record["config_hash"]:
+            result.problems.append(
+                f"{name}: params drifted (run {record['config_hash']}, now {expected.config_hash()})"
             )
         if prov.get("code_hash") != code_hash:
             result.problems.append(f"{name}: code drifted (run {prov.get('code_hash')}, now {code_hash})")
-        if record["dataset"] not in fingerprints:
+        source = record["config"].get("data", record["dataset"])  # a variant reads its source's data
+        if source not in fingerprints:
             try:
-                fingerprints[record["dataset"]] = data_fingerprint(Path("data/prepared") / record["dataset"])
+                fingerprints[source] = data_fingerprint(Path("data/prepared") / source)
             except DataSourceError:
-                fingerprints[record["dataset"]] = None
-                result.lines.append(
-                    f"  data/prepared/{record['dataset']} absent: data fingerprint not checkable here"
-                )
-        now = fingerprints[record["dataset"]]
+                fingerprints[source] = None
+                result.lines.append(f"  data/prepared/{source} absent: data fingerprint not checkable here")
+        now = fingerprints[source]
         if now is not None and now != prov["data_fingerprint"]:
             result.problems.append(f"{name}: data drifted (run {prov['data_fingerprint']}, now {now})")
         if prov["mlflow_run_id"][:8] not in text:

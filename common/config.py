@@ -14,6 +14,13 @@ A paper whose compared variable is something else (Prototypical Networks compare
 it in ``varies`` (default ``[loss]``), so the exception is declared where everyone sees it.
 Every resolved run is validated, and its components are built once on the spot, before any
 training starts: a typo or an out-of-range value fails at once with the key path in the message.
+
+An optional ``tune`` part picks hyper-parameters on held-out training data before the reported runs:
+every method gets the same number of trials (a grid over its own hyper-parameters), each trial trains on
+the training split minus a held-out part and is scored on that part, and the best point is applied to the
+method's runs (``resolve_trials``, ``apply_point``). The held-out part mirrors the test protocol: whole
+classes where the test classes are unseen in training (Omniglot), a share of each class's samples where
+they are the same classes (Fashion-MNIST).
 """
 
 from __future__ import annotations
@@ -107,6 +114,17 @@ class LabelNoise(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+class Holdout(BaseModel):
+    """Train on the training split minus a held-out part, and evaluate on that part (tuning trials).
+
+    ``share`` of the training classes (a class-disjoint test protocol) or of each class's samples (a test on
+    the training classes), drawn with ``seed``: the same part for every method and trial."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    share: float = Field(gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+
 class RunConfig(BaseModel):
     """Everything that determines one training + evaluation run."""
 
@@ -129,6 +147,7 @@ class RunConfig(BaseModel):
     augment: Literal["none", "shift"] = "none"
     train_limit: int | None = Field(None, ge=2, description="train on a fixed random subset of this size")
     eval: EvalSpec = EvalSpec()
+    holdout: Holdout | None = Field(None, description="a tuning trial: evaluate on held-out training data")
 
     @property
     def key(self) -> str:
@@ -139,6 +158,56 @@ class RunConfig(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+TUNABLE = ("loss", "optimizer", "sampler")
+
+
+class TuneSpec(BaseModel):
+    """Hyper-parameters picked on held-out training data, with the same number of trials for every method.
+
+    ``grid``: per method, ``{"<component>.<hyper-parameter>": [values]}`` (component: loss, optimizer or
+    sampler); a method's trials are the product of its lists. ``metric`` (a key of the run metrics,
+    measured on the held-out part) is maximized, or minimized with ``lower_is_better``, averaged over
+    ``seeds`` (default: the profile's first seed). A trial trains for ``epochs_share`` of the profile's
+    epochs (at least one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    metric: str
+    lower_is_better: bool = False
+    holdout: Holdout = Holdout(share=0.2)
+    seeds: list[int] | None = None
+    epochs_share: float = Field(1.0, gt=0, le=1)
+    grid: dict[str, dict[str, list[Any]]]
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+        for method, axes in grid.items():
+            if not axes:
+                raise ValueError(f"{method}: no hyper-parameter to try")
+            for key, values in axes.items():
+                component, _, name = key.partition(".")
+                if component not in TUNABLE or not name or "." in name or name == "name":
+                    raise ValueError(
+                        f"{method}: {key!r} is not '<component>.<hyper-parameter>' with component one of "
+                        f"{', '.join(TUNABLE)} (the component's name cannot be tuned)"
+                    )
+                if not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
+                    raise ValueError(f"{method}: {key}: must be a non-empty list of distinct values")
+        return grid
+
+    def points(self, method: str) -> list[dict[str, Any]]:
+        """The method's trials: every combination of its values, as ``{"loss.gamma": 64, ...}``."""
+        points: list[dict[str, Any]] = [{}]
+        for key, values in self.grid[method].items():
+            points = [{**point, key: value} for point in points for value in values]
+        return points
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """``loss.gamma=64,optimizer.lr=0.001``: a trial's name in records, MLflow and the report."""
+    return ",".join(f"{key}={value}" for key, value in point.items())
+
+
 class PaperSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     datasets: dict[str, dict[str, Any] | None]
@@ -146,6 +215,7 @@ class PaperSection(BaseModel):
     varies: list[Literal["loss", "sampler"]] = ["loss"]
     methods: dict[str, dict[str, Any]]
     profiles: dict[str, dict[str, Any]]
+    tune: TuneSpec | None = None
 
     @field_validator("datasets")
     @classmethod
@@ -179,6 +249,21 @@ class PaperSection(BaseModel):
                 )
             if "loss" not in (spec or {}):
                 raise ValueError(f"methods.{name} has no 'loss'")
+        if self.tune is not None:
+            missing, unknown = (
+                sorted(set(self.methods) - set(self.tune.grid)),
+                sorted(set(self.tune.grid) - set(self.methods)),
+            )
+            if missing or unknown:
+                raise ValueError(
+                    f"tune.grid must list every method and only those: missing {missing}, unknown {unknown}"
+                )
+            counts = {method: len(self.tune.points(method)) for method in self.methods}
+            if len(set(counts.values())) > 1:
+                raise ValueError(
+                    f"tune.grid gives the methods different numbers of trials {counts}: each method must get "
+                    "the same number, so that no method is tuned harder than another"
+                )
         return self
 
 
@@ -239,6 +324,64 @@ def resolve_runs(
                 check_components(run, where)
                 runs.append(run)
     return runs
+
+
+def apply_point(run: RunConfig, point: dict[str, Any], **fields: Any) -> RunConfig:
+    """``run`` with a tuning point's hyper-parameters (and ``fields``) set, validated and build-checked."""
+    data = {**run.model_dump(mode="json"), **fields}
+    for key, value in point.items():
+        component, _, name = key.partition(".")
+        data[component] = {**data[component], name: value}
+    where = f"{run.paper} (dataset {run.dataset}, method {run.method}, tune point {point_label(point)})"
+    try:
+        tuned = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(where, err)) from err
+    check_components(tuned, where)
+    return tuned
+
+
+def expected_config(run: RunConfig, record: dict[str, Any], tune: TuneSpec | None) -> RunConfig | None:
+    """The config that ``record`` (a reported run of ``run``'s dataset, method and seed) must have under the
+    current params: ``run`` itself, or with the point its tuning chose; ``None`` if the record's tuning no
+    longer fits (the paper's ``tune`` was added, removed, or its grid or metric changed)."""
+    tuning = record.get("tuning")
+    if tune is None or tuning is None:
+        return run if tune is None and tuning is None else None
+    tried = [trial["point"] for trial in tuning["trials"]]
+    if tuning["metric"] != tune.metric or tried != tune.points(run.method) or tuning["chosen"] not in tried:
+        return None
+    return apply_point(run, tuning["chosen"])
+
+
+def resolve_trials(
+    paper: str, params_path: str | Path = "params.yaml", profile: str | None = None
+) -> list[tuple[RunConfig, dict[str, Any]]]:
+    """The tuning trials of ``paper`` (empty without ``tune``): ``(run, point)`` for every dataset, method,
+    point of the method's grid and tuning seed; each run holds out part of the training data, on which it is
+    evaluated (and skips Omniglot's one-shot runs, which are test data)."""
+    section = load_paper_section(paper, params_path)
+    if section.tune is None:
+        return []
+    tune = section.tune
+    runs = resolve_runs(paper, params_path, profile)
+    seeds = tune.seeds or [runs[0].seed]
+    templates = {(run.dataset, run.method): run for run in runs}
+    trials = []
+    for run in templates.values():
+        evaluation = run.eval.model_copy(update={"one_shot_runs": False}).model_dump(mode="json")
+        for point in tune.points(run.method):
+            for seed in seeds:
+                trial = apply_point(
+                    run,
+                    point,
+                    seed=seed,
+                    holdout=tune.holdout.model_dump(),
+                    eval=evaluation,
+                    epochs=max(1, round(tune.epochs_share * run.epochs)),
+                )
+                trials.append((trial, point))
+    return trials
 
 
 def check_components(run: RunConfig, where: str) -> None:

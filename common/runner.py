@@ -7,6 +7,11 @@ Before any compute, every run's config is resolved and validated and the prepare
 Then, for each run: a record with the same config hash means the run is done and is skipped; else
 the run trains (resuming from its checkpoint if an earlier attempt died), logs to MLflow and writes
 its record. Records of runs no longer in the plan are removed, so the records match params.yaml.
+
+A paper with a ``tune`` section first runs its tuning trials (each trains on the training split minus a
+held-out part and is scored on that part; records under ``records/<paper>/<dataset>/_tuning/``, MLflow runs
+named ``tune/...``), picks each method's best point, and runs the reported runs with it; their records
+say which points were tried and what each scored.
 """
 
 from __future__ import annotations
@@ -16,18 +21,28 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from common import samplers
-from common.config import RunConfig, resolve_runs
+from common.config import (
+    RunConfig,
+    TuneSpec,
+    apply_point,
+    load_paper_section,
+    point_label,
+    resolve_runs,
+    resolve_trials,
+)
 from common.data.loading import data_fingerprint, load_prepared, load_split
-from common.data.transforms import noisy_labels
+from common.data.transforms import holdout_indices, noisy_labels
 from common.engine.evaluation import OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
 from common.errors import check_writable_dir, run_command
@@ -84,12 +99,34 @@ def _model_inputs(
 
 
 def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, SplitTensors]:
+    """The run's training and evaluation tensors: the test split, or for a tuning trial (``holdout``) the
+    held-out part of the training split, after label noise, with the kept classes renumbered 0..C-1."""
     train, test = _model_inputs(prepared_root / run.data, run.image_size, run.train_limit, run.eval.max_items)
     if run.label_noise is not None:
         noise = run.label_noise
         noisy = noisy_labels(train.labels, noise.rate, noise.kind, seed=noise.seed).labels
         train = SplitTensors(train.images, noisy, clean_labels=train.labels)
+    if run.holdout is not None:
+        by = "classes" if _class_disjoint(prepared_root / run.data) else "samples"
+        kept, held = holdout_indices(train.labels, run.holdout.share, by, seed=run.holdout.seed)
+        labels = train.labels[kept]
+        renumbered = torch.searchsorted(torch.unique(labels), labels)
+        train, test = (
+            SplitTensors(train.images[kept], renumbered),
+            SplitTensors(train.images[held], train.labels[held]),
+        )
     return train, test
+
+
+@cache
+def _class_disjoint(path: Path) -> bool:
+    """True if the test split's classes are unseen in training (then tuning holds out whole classes)."""
+    features = [load_split(path, split).features["label"] for split in ("train", "test")]
+    names = [set(getattr(feature, "names", None) or ()) for feature in features]
+    if all(names):  # ClassLabel: each split numbers its own classes 0..C-1, so compare the class names
+        return not names[0] & names[1]
+    train_labels, test_labels = _load_split(path, "train")[1], _load_split(path, "test")[1]
+    return not bool(torch.isin(test_labels, train_labels).any())
 
 
 @cache
@@ -107,7 +144,8 @@ def load_one_shot_runs(path: Path, image_size: int, train_limit: int | None) -> 
 
 
 def _checkpoint_dir(root: Path, run: RunConfig, code_hash: str) -> Path:
-    return root / run.paper / run.dataset / run.method / f"seed{run.seed}-{run.config_hash()}-{code_hash}"
+    method = Path("_tuning", run.method) if run.holdout is not None else Path(run.method)
+    return root / run.paper / run.dataset / method / f"seed{run.seed}-{run.config_hash()}-{code_hash}"
 
 
 def _is_done(path: Path, run: RunConfig, code_hash: str) -> bool:
@@ -121,6 +159,62 @@ def _is_done(path: Path, run: RunConfig, code_hash: str) -> bool:
         return False
 
 
+def _training_labels(run: RunConfig, prepared_root: Path) -> torch.Tensor:
+    """The labels the run trains on (subset, noise, held-out part removed), without loading images."""
+    path = prepared_root / run.data
+    labels = _load_split(path, "train")[1]
+    labels = labels[_subset(len(labels), run.train_limit)]
+    if run.label_noise is not None:
+        noise = run.label_noise
+        labels = noisy_labels(labels, noise.rate, noise.kind, seed=noise.seed).labels
+    if run.holdout is not None:
+        by = "classes" if _class_disjoint(path) else "samples"
+        try:
+            kept, _ = holdout_indices(labels, run.holdout.share, by, seed=run.holdout.seed)
+        except ValueError as err:
+            raise ConfigError(f"{run.paper}.tune.holdout (dataset {run.dataset}): {err}") from err
+        labels = labels[kept]
+    return labels
+
+
+def trial_record_path(root: Path, run: RunConfig, point: dict[str, Any]) -> Path:
+    return (
+        root / run.paper / run.dataset / "_tuning" / run.method / f"{point_label(point)}-seed{run.seed}.json"
+    )
+
+
+def choose_points(
+    tune: TuneSpec, trials: dict[Path, tuple[RunConfig, dict[str, Any]]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (dataset, method): every point's held-out metric (per seed, and the mean over seeds) and the
+    chosen point, the best mean (the first in grid order on a tie). Reads the trials' records."""
+    table: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for path, (run, point) in trials.items():
+        metrics = read_record(path)["metrics"]
+        if tune.metric not in metrics:
+            raise ConfigError(
+                f"{run.paper}.tune.metric: {tune.metric!r} is not a metric of the runs; they have "
+                f"{', '.join(sorted(metrics))}"
+            )
+        entry = table.setdefault((run.dataset, run.method), {}).setdefault(
+            point_label(point), {"point": point, "values": []}
+        )
+        entry["values"].append(metrics[tune.metric])
+    choices = {}
+    sign = -1.0 if tune.lower_is_better else 1.0
+    for key, entries in table.items():
+        rows = [{**entry, "mean": sum(entry["values"]) / len(entry["values"])} for entry in entries.values()]
+        best = max(rows, key=lambda row: sign * row["mean"])  # max keeps the first of equal values
+        choices[key] = {
+            "metric": tune.metric,
+            "lower_is_better": tune.lower_is_better,
+            "holdout": tune.holdout.model_dump(),
+            "trials": rows,
+            "chosen": best["point"],
+        }
+    return choices
+
+
 def run_paper(
     paper: str,
     dataset: str | None = None,
@@ -131,23 +225,26 @@ def run_paper(
     checkpoints_root: Path = CHECKPOINTS_ROOT,
 ) -> list[Path]:
     runs = resolve_runs(paper, params_path, profile)
+    tune = load_paper_section(paper, params_path).tune
+    trials = resolve_trials(paper, params_path, profile)
     check_claims(load_paper(paper), {r.method for r in runs}, {r.dataset for r in runs})
     if dataset is not None:
         datasets = sorted({r.dataset for r in runs})
         if dataset not in datasets:
             raise ConfigError(f"{params_path}: {paper}.datasets has no {dataset!r}; it has {datasets}")
         runs = [r for r in runs if r.dataset == dataset]
+        trials = [(r, point) for r, point in trials if r.dataset == dataset]
     for name in sorted({r.data for r in runs}):
         data_fingerprint(prepared_root / name)  # fails now, with how to prepare it, if missing
-    for run in runs:  # a batch the sampler cannot fill fails now, not after the first runs trained
-        labels = _load_split(prepared_root / run.data, "train")[1]
+    for run in [*runs, *(r for r, _ in trials)]:  # a batch the sampler cannot fill fails now
         try:
             samplers.build(
-                run.sampler.name, labels=labels[_subset(len(labels), run.train_limit)], **run.sampler.kwargs
+                run.sampler.name, labels=_training_labels(run, prepared_root), **run.sampler.kwargs
             )
         except (samplers.SamplerError, BuildError) as err:
+            trial = " (tuning trial)" if run.holdout else ""
             raise ConfigError(
-                f"{params_path}: {paper} (dataset {run.dataset}, method {run.method}): sampler: {err}"
+                f"{params_path}: {paper} (dataset {run.dataset}, method {run.method}){trial}: sampler: {err}"
             ) from err
     check_tracking_store()  # an unreachable or unwritable store fails now, not after training
     check_writable_dir(records_root / paper, "the run records")
@@ -156,13 +253,30 @@ def run_paper(
     accelerator = Accelerator()
     main = accelerator.is_main_process
     planned = {record_path(records_root, paper, r.dataset, r.method, r.seed) for r in runs}
+    planned |= {trial_record_path(records_root, r, point) for r, point in trials}
     if main:
-        for stale in (records_root / paper).glob(f"{dataset or '*'}/*/seed*.json"):
-            if stale not in planned:
-                stale.unlink()
+        for pattern in ("*/seed*.json", "_tuning/*/*.json"):
+            for stale in (records_root / paper).glob(f"{dataset or '*'}/{pattern}"):
+                if stale not in planned:
+                    stale.unlink()
 
     commit, dirty = git_commit(), git_dirty()
     code_hashes = {name: run_code_hash(paper, name, params_path) for name in {r.dataset for r in runs}}
+    context = _RunContext(paper, accelerator, commit, dirty, code_hashes, prepared_root, checkpoints_root)
+
+    trial_paths = {trial_record_path(records_root, r, point): (r, point) for r, point in trials}
+    todo = [
+        (p, r, point) for p, (r, point) in trial_paths.items() if not _is_done(p, r, code_hashes[r.dataset])
+    ]
+    if trials and main:
+        print(f"{paper}{'/' + dataset if dataset else ''}: tuning: {len(trials)} trials, {len(todo)} to run")
+    for path, run, point in tqdm(todo, desc=f"{paper} tuning trials", disable=not main):
+        _train_and_record(context, run, path, extra={"tuning_point": point})
+    accelerator.wait_for_everyone()
+    if trials:
+        choices = choose_points(tune, trial_paths)
+        runs = [apply_point(r, choices[(r.dataset, r.method)]["chosen"]) for r in runs]
+
     todo = [
         r
         for r in runs
@@ -175,85 +289,110 @@ def run_paper(
             f"{paper}{'/' + dataset if dataset else ''}: {len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run"
         )
     for run in tqdm(todo, desc=f"{paper} runs", disable=not main):
-        path = record_path(records_root, paper, run.dataset, run.method, run.seed)
-        code_hash = code_hashes[run.dataset]
-        checkpoint_dir = _checkpoint_dir(checkpoints_root, run, code_hash)
-        attempts_file = checkpoint_dir / ATTEMPTS_FILE
-        earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
-        if main:
-            for run_id in earlier:
-                mark_abandoned(run_id)
-        train, test = load_run_data(run, prepared_root)
-        fingerprint = data_fingerprint(prepared_root / run.data)
-        one_shot = None
-        if run.eval.one_shot_runs:
-            one_shot = load_one_shot_runs(prepared_root / run.data, run.image_size, run.train_limit)
-        tags = {
-            "paper": paper,
-            "method": run.method,
-            "dataset": run.dataset,
-            "seed": run.seed,
-            "git_commit": commit,
-            "git_dirty": dirty,
-            "dvc_stage": run_stage(paper, run.dataset),
-            "params_hash": run.config_hash(),
-            "code_hash": code_hash,
-            "data_fingerprint": fingerprint,
-            "profile": run.profile,
-            "device": str(accelerator.device),
-            "world_size": accelerator.num_processes,
-            "hardware": hardware(),
-            **{f"version.{k}": v for k, v in versions().items()},
-        }
-        if earlier:
-            tags["resumed_from"] = earlier[-1]
-        started = time.perf_counter()
-        run_name = f"{run.method}/{run.dataset}/seed{run.seed}"
-        with RunTracker(paper, run_name, run.model_dump(mode="json"), tags, enabled=main) as tracker:
-            if main:
-                checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                attempts_file.write_text(json.dumps([*earlier, tracker.run_id]))
-            result = fit_and_evaluate(
-                run,
-                train,
-                test,
-                checkpoint_dir,
-                accelerator,
-                on_epoch=lambda m, e: tracker.log_metrics(m, step=e),
-                one_shot=one_shot,
-            )
-            if main:
-                tracker.log_metrics(result.metrics, step=run.epochs)
-                record = {
-                    "paper": paper,
-                    "dataset": run.dataset,
-                    "method": run.method,
-                    "label": run.label,
-                    "seed": run.seed,
-                    "config": run.model_dump(mode="json"),
-                    "config_hash": run.config_hash(),
-                    "metrics": result.metrics,
-                    "history": result.history,
-                    "similarity_histograms": result.similarity_histograms,
-                    "provenance": {
-                        **{k: v for k, v in tags.items() if not k.startswith("version.")},
-                        "mlflow_run_id": tracker.run_id,
-                        "mlflow_experiment": paper,
-                        "earlier_attempts": earlier,
-                        "resumed_from_epoch": result.resumed_from_epoch,
-                        "versions": versions(),
-                        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                        "duration_s": round(time.perf_counter() - started, 2),
-                    },
-                }
-                write_record(path, record)
-                tracker.log_artifact(str(path), "record")
-        if main:  # the record holds the result; keep only this config's final checkpoint
-            for other in checkpoint_dir.parent.glob(f"seed{run.seed}-*"):
-                if other != checkpoint_dir:
-                    shutil.rmtree(other)
+        extra = {"tuning": choices[(run.dataset, run.method)]} if trials else {}
+        _train_and_record(
+            context, run, record_path(records_root, paper, run.dataset, run.method, run.seed), extra=extra
+        )
     accelerator.end_training()  # waits for every rank, then closes the process group before exit
     return sorted(planned)
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    paper: str
+    accelerator: Accelerator
+    commit: str | None
+    dirty: bool | None
+    code_hashes: dict[str, str]
+    prepared_root: Path
+    checkpoints_root: Path
+
+
+def _train_and_record(context: _RunContext, run: RunConfig, path: Path, extra: dict[str, Any]) -> None:
+    """Train and evaluate one run (resuming its checkpoint), log it to MLflow, write its record at ``path``."""
+    paper, accelerator = context.paper, context.accelerator
+    main = accelerator.is_main_process
+    code_hash = context.code_hashes[run.dataset]
+    checkpoint_dir = _checkpoint_dir(context.checkpoints_root, run, code_hash)
+    attempts_file = checkpoint_dir / ATTEMPTS_FILE
+    earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
+    if main:
+        for run_id in earlier:
+            mark_abandoned(run_id)
+    train, test = load_run_data(run, context.prepared_root)
+    fingerprint = data_fingerprint(context.prepared_root / run.data)
+    one_shot = None
+    if run.eval.one_shot_runs:
+        one_shot = load_one_shot_runs(context.prepared_root / run.data, run.image_size, run.train_limit)
+    tags = {
+        "paper": paper,
+        "method": run.method,
+        "dataset": run.dataset,
+        "seed": run.seed,
+        "git_commit": context.commit,
+        "git_dirty": context.dirty,
+        "dvc_stage": run_stage(paper, run.dataset),
+        "params_hash": run.config_hash(),
+        "code_hash": code_hash,
+        "data_fingerprint": fingerprint,
+        "profile": run.profile,
+        "device": str(accelerator.device),
+        "world_size": accelerator.num_processes,
+        "hardware": hardware(),
+        **{f"version.{k}": v for k, v in versions().items()},
+    }
+    run_name = f"{run.method}/{run.dataset}/seed{run.seed}"
+    if "tuning_point" in extra:
+        tags["evaluated_on"] = "held-out training data (tuning trial)"
+        tags["tuning_point"] = point_label(extra["tuning_point"])
+        run_name = f"tune/{run.method}/{run.dataset}/{tags['tuning_point']}/seed{run.seed}"
+    if earlier:
+        tags["resumed_from"] = earlier[-1]
+    started = time.perf_counter()
+    with RunTracker(paper, run_name, run.model_dump(mode="json"), tags, enabled=main) as tracker:
+        if main:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            attempts_file.write_text(json.dumps([*earlier, tracker.run_id]))
+        result = fit_and_evaluate(
+            run,
+            train,
+            test,
+            checkpoint_dir,
+            accelerator,
+            on_epoch=lambda m, e: tracker.log_metrics(m, step=e),
+            one_shot=one_shot,
+        )
+        if main:
+            tracker.log_metrics(result.metrics, step=run.epochs)
+            record = {
+                "paper": paper,
+                "dataset": run.dataset,
+                "method": run.method,
+                "label": run.label,
+                "seed": run.seed,
+                "config": run.model_dump(mode="json"),
+                "config_hash": run.config_hash(),
+                "metrics": result.metrics,
+                "history": result.history,
+                "similarity_histograms": result.similarity_histograms,
+                **extra,
+                "provenance": {
+                    **{k: v for k, v in tags.items() if not k.startswith("version.")},
+                    "mlflow_run_id": tracker.run_id,
+                    "mlflow_experiment": paper,
+                    "earlier_attempts": earlier,
+                    "resumed_from_epoch": result.resumed_from_epoch,
+                    "versions": versions(),
+                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "duration_s": round(time.perf_counter() - started, 2),
+                },
+            }
+            write_record(path, record)
+            tracker.log_artifact(str(path), "record")
+    if main:  # the record holds the result; keep only this config's final checkpoint
+        for other in checkpoint_dir.parent.glob(f"seed{run.seed}-*"):
+            if other != checkpoint_dir:
+                shutil.rmtree(other)
 
 
 def main(argv: list[str] | None = None) -> int:

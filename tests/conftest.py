@@ -13,19 +13,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def write_tiny_prepared(
-    root: Path, name: str, classes: tuple[int, int], per_class: int, seed: int = 0
+    root: Path, name: str, classes: tuple[int, int], per_class: int, seed: int = 0, disjoint: bool = False
 ) -> Path:
-    """A prepared dataset of 28x28 class-dependent patterns (learnable), in the real on-disk format."""
+    """A prepared dataset of 28x28 class-dependent patterns (learnable), in the real on-disk format: the
+    classes of train and test are named alike, or (``disjoint``) apart, as Omniglot's unseen test classes."""
     import datasets
 
     from common.data.loading import dataset_from_columns
 
     rng = np.random.default_rng(seed)
-    features = datasets.Features(
-        {"image": datasets.Array2D((28, 28), "uint8"), "label": datasets.Value("int64")}
-    )
     splits = {}
     for split, n_classes in zip(("train", "test"), classes, strict=True):
+        names = [f"{split if disjoint else 'class'}_{i}" for i in range(n_classes)]
+        features = datasets.Features(
+            {"image": datasets.Array2D((28, 28), "uint8"), "label": datasets.ClassLabel(names=names)}
+        )
         prototypes = rng.integers(0, 256, size=(n_classes, 28, 28))
         labels = np.repeat(np.arange(n_classes), per_class)
         noise = rng.normal(0, 40, size=(len(labels), 28, 28))
@@ -41,7 +43,7 @@ def tiny_prepared(tmp_path_factory) -> Path:
     """data/prepared-like root with fashion_mnist (10 classes) and omniglot (class-disjoint, 20 + 12)."""
     root = tmp_path_factory.mktemp("prepared")
     write_tiny_prepared(root, "fashion_mnist", (10, 10), per_class=30, seed=1)
-    write_tiny_prepared(root, "omniglot", (20, 12), per_class=20, seed=2)
+    write_tiny_prepared(root, "omniglot", (20, 12), per_class=20, seed=2, disjoint=True)
     return root
 
 

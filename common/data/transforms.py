@@ -1,4 +1,4 @@
-"""Dataset-level label transforms: long-tailed subsets and synthetic label noise.
+"""Dataset-level label transforms: long-tailed subsets, synthetic label noise, held-out tuning splits.
 
 Both work on a vector of integer labels and are deterministic given ``seed`` (a private
 ``torch.Generator``; the global RNG is untouched). Pure torch: this module imports no ``datasets``.
@@ -222,3 +222,39 @@ def noisy_labels(
     else:
         raise ValueError(f"kind must be 'symmetric' or 'asymmetric', got {kind!r}")
     return NoisyLabels(noisy, noisy != labels)
+
+
+def holdout_indices(
+    labels: Sequence[int] | torch.Tensor, share: float, by: str, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(kept, held_out)`` that split a training set for hyper-parameter tuning, both sorted.
+
+    ``by="classes"``: ``max(2, round(share * C))`` whole classes are held out (for a test on unseen
+    classes); at least two classes must stay. ``by="samples"``: in every class, ``round(share * n_c)``
+    samples, at least 1 and at most ``n_c - 1``, are held out (for a test on the training classes).
+    Deterministic given ``seed``.
+    """
+    labels = _as_labels(labels)
+    if not 0 < share < 1:
+        raise ValueError(f"share must lie in (0, 1), got {share}")
+    generator = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    if by == "classes":
+        n_held = max(2, round(share * len(classes)))
+        if len(classes) - n_held < 2:
+            raise ValueError(
+                f"holding out {n_held} of {len(classes)} classes leaves fewer than 2 to train on"
+            )
+        chosen = classes[torch.randperm(len(classes), generator=generator)[:n_held]]
+        held = torch.isin(labels, chosen)
+    elif by == "samples":
+        for c in classes.tolist():
+            members = torch.nonzero(labels == c).flatten()
+            if len(members) < 2:
+                raise ValueError(f"class {c} has {len(members)} sample; holding out samples needs 2 a class")
+            n_held = min(max(1, round(share * len(members))), len(members) - 1)
+            held[members[torch.randperm(len(members), generator=generator)[:n_held]]] = True
+    else:
+        raise ValueError(f"by must be 'classes' or 'samples', got {by!r}")
+    return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import resolve_runs
+from common.config import expected_config, load_paper_section, point_label, resolve_runs
 from common.errors import run_command
 from common.paper import PaperMeta, check_claims, load_paper
 from common.params import ConfigError
@@ -54,6 +54,12 @@ FIGURES = {
         "Cosine similarities of positive and negative test pairs (a fixed subset of the test embeddings, "
         "densities averaged over seeds).",
     ),
+    "few_shot": (
+        plots.few_shot_curves,
+        "Few-shot accuracy against shots",
+        "N-way accuracy on episodes of the test classes against the support images per class, mean and 95% "
+        "interval over seeds (every method is scored on the same episodes).",
+    ),
     "training_loss": (
         plots.training_curves,
         "Training loss",
@@ -82,6 +88,47 @@ def paper_sections(slug: str, context: ReportContext) -> list[str]:
             raise
         return []
     return list(module.sections(context))
+
+
+def tuning_section(
+    datasets: list[str], methods: list[str], groups: dict[tuple[str, str], list[dict]]
+) -> list[str]:
+    """The trials behind each method's hyper-parameters (records of a paper with ``tune``), else nothing."""
+    tuned = [
+        (d, m, groups[(d, m)][0]["tuning"])
+        for d in datasets
+        for m in methods
+        if "tuning" in groups[(d, m)][0]
+    ]
+    if not tuned:
+        return []
+    first = tuned[0][2]
+    holdout = first["holdout"]
+    lines = [
+        "",
+        "## Hyper-parameters picked on held-out training data",
+        "",
+        f"Before the runs above, every method had the same number of trials, each training on the training split "
+        f"minus a held-out {holdout['share']:.0%} (whole classes where the test classes are unseen, else a share "
+        f"of each class's samples; split seed {holdout['seed']}) and scored on that part by "
+        f"{_metric_name(first['metric'])} ({'lower' if first['lower_is_better'] else 'higher'} is better, mean "
+        "over the tuning seeds, in %). The chosen point (bold) is what the runs above used; the test split "
+        "played no part in the choice.",
+        "",
+        "| dataset | method | trials: point -> held-out score | chosen |",
+        "|---|---|---|---|",
+    ]
+    for dataset, method, tuning in tuned:
+        chosen = point_label(tuning["chosen"])
+        cells = []
+        for trial in tuning["trials"]:
+            label = point_label(trial["point"])
+            cell = f"{label} -> {100 * trial['mean']:.1f}"
+            cells.append(f"**{cell}**" if label == chosen else cell)
+        lines.append(
+            f"| {dataset} | {groups[(dataset, method)][0]['label']} | {'; '.join(cells)} | `{chosen}` |"
+        )
+    return lines
 
 
 def _metric_name(key: str) -> str:
@@ -154,7 +201,15 @@ def build_report(
     methods = list(dict.fromkeys(r.method for r in runs))
     check_claims(meta, set(methods), set(datasets))
     records = read_paper_records(records_root, slug)
-    planned = {(r.dataset, r.method, r.seed, r.config_hash()) for r in runs}
+    tune = load_paper_section(slug, params_path).tune
+    by_key = {(r["dataset"], r["method"], r["seed"]): r for r in records}
+    planned = set()
+    for run in runs:
+        record = by_key.get((run.dataset, run.method, run.seed))
+        expected = expected_config(run, record, tune) if record is not None else run
+        planned.add(
+            (run.dataset, run.method, run.seed, expected.config_hash() if expected else "stale tuning")
+        )
     found = {(r["dataset"], r["method"], r["seed"], r["config_hash"]) for r in records}
     if planned != found:
         missing = sorted(planned - found)[:5]
@@ -180,6 +235,14 @@ def build_report(
     counts = {v: sum(c["verdict"] == v for c in claims) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
     seeds = sorted({r["seed"] for r in records})
     first = runs[0]
+    shared = "".join(
+        f"{part}, " for part in ("sampler", "optimizer") if len({str(getattr(r, part)) for r in runs}) == 1
+    )
+    tuned = (
+        "; each method's hyper-parameters picked on held-out training data (see below)"
+        if any("tuning" in r for r in records)
+        else ""
+    )
 
     lines = [
         f"# {meta.title}",
@@ -191,8 +254,8 @@ def build_report(
         "",
         f"{meta.summary} We trained {len(methods)} methods ({', '.join(groups[(datasets[0], m)][0]['label'] for m in methods)}) "
         f"with the same backbone ({first.model.name}, {', '.join(f'{k}={v}' for k, v in first.model.kwargs.items())}), "
-        f"sampler, optimizer, augmentation and budget ({first.epochs} epochs x {first.batches_per_epoch} batches) on "
-        f"{', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`. "
+        f"{shared}augmentation and budget ({first.epochs} epochs x {first.batches_per_epoch} batches) on "
+        f"{', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`{tuned}. "
         f"Of {len(claims)} claim checks, {counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not reproduced and "
         f"{counts[INCONCLUSIVE]} inconclusive. {meta.scale_note}",
         "",
@@ -215,6 +278,7 @@ def build_report(
             run_ids = ", ".join(f"`{r['provenance']['mlflow_run_id'][:8]}`" for r in members)
             lines.append(f"| {members[0]['label']} | " + " | ".join(cells) + f" | {run_ids} |")
 
+    lines += tuning_section(datasets, methods, groups)
     lines += [
         "",
         "## Claims",

@@ -103,3 +103,37 @@ def training_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def few_shot_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
+    """Few-shot accuracy against shots, a panel per dataset and ways, mean and 95% interval over seeds."""
+    panels = []
+    for dataset in datasets:
+        keys = {k for (ds, _), records in groups.items() if ds == dataset for k in records[0]["metrics"]}
+        ways = sorted({int(k.split("_")[1].removesuffix("way")) for k in keys if _is_few_shot(k)})
+        panels += [(dataset, n_way) for n_way in ways]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (dataset, n_way) in zip(axes[0], panels, strict=True):
+        for (ds, _method), records in sorted(groups.items()):
+            if ds != dataset:
+                continue
+            prefix = f"fewshot_{n_way}way_"
+            shots = sorted(
+                int(k.removeprefix(prefix).removesuffix("shot"))
+                for k in records[0]["metrics"]
+                if k.startswith(prefix) and _is_few_shot(k)
+            )
+            intervals = [mean_ci([r["metrics"][f"{prefix}{k}shot"] for r in records]) for k in shots]
+            means = [100 * i.mean for i in intervals]
+            errors = [0 if i.n < 2 else 100 * i.half_width for i in intervals]
+            ax.errorbar(shots, means, yerr=errors, marker="o", capsize=3, label=records[0]["label"])
+        ax.set_xlabel("shots (support images per class)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{dataset}: {n_way}-way")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _is_few_shot(key: str) -> bool:
+    return key.startswith("fewshot_") and not key.endswith("_ci95")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import resolve_runs
+from common.config import load_paper_section, resolve_runs
 from common.params import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +116,58 @@ def test_varies_lets_methods_set_the_declared_key_only(tmp_path):
     runs = resolve_runs("multi_similarity", path, "smoke")
     assert {r.sampler.kwargs["samples_per_class"] for r in runs if r.method == "triplet"} == {2}
     assert {r.sampler.kwargs["samples_per_class"] for r in runs if r.method != "triplet"} == {4}
+
+
+def _tuned(edit_tune):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    section = params["multi_similarity"]
+    section["tune"] = {
+        "metric": "map_at_r",
+        "grid": {m: {"optimizer.lr": [1e-3, 3e-3]} for m in section["methods"]},
+    }
+    edit_tune(section["tune"])
+    return params
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t["grid"].update(triplet={"loss.margin": [0.1, 0.2, 0.3]}), "different numbers of trials"),
+        (lambda t: t["grid"].pop("triplet"), "missing ['triplet']"),
+        (lambda t: t["grid"].update(nope={"optimizer.lr": [1, 2]}), "unknown ['nope']"),
+        (
+            lambda t: t["grid"].update(triplet={"loss.name": ["a", "b"]}),
+            "the component's name cannot be tuned",
+        ),
+        (lambda t: t["grid"].update(triplet={"model.depth": [1, 2]}), "'model.depth' is not"),
+        (lambda t: t["grid"].update(triplet={"loss.margin": [0.1, 0.1]}), "distinct values"),
+        (lambda t: t.update(epochs_share=0), "epochs_share"),
+    ],
+)
+def test_a_bad_tune_section_names_what_is_wrong(tmp_path, edit, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_tuned(edit)))
+    with pytest.raises(ConfigError) as caught:
+        load_paper_section("multi_similarity", path)
+    assert message in str(caught.value)
+
+
+def test_trials_give_every_method_its_grid_on_held_out_data_with_a_share_of_the_epochs(tmp_path):
+    from common.config import resolve_trials
+
+    def edit(tune):
+        tune["grid"]["triplet"] = {"loss.margin": [0.05, 0.2]}
+        tune.update(epochs_share=0.4, seeds=[7])
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_tuned(edit)))
+    trials = resolve_trials("multi_similarity", path, "cpu")
+    runs = resolve_runs("multi_similarity", path, "cpu")
+    assert len(trials) == 2 * len({(r.dataset, r.method) for r in runs})
+    for run, point in trials:
+        assert run.holdout is not None and run.seed == 7 and run.epochs == 2  # round(0.4 * 5)
+        [(key, value)] = point.items()
+        component, name = key.split(".")
+        assert getattr(run, component).kwargs[name] == value
+    margins = sorted(run.loss.kwargs["margin"] for run, _ in trials if run.method == "triplet")
+    assert margins == [0.05, 0.05, 0.2, 0.2]  # two datasets

@@ -5,6 +5,7 @@ import torch
 
 from common.data.transforms import (
     CIFAR10_ASYMMETRIC,
+    holdout_indices,
     long_tailed_counts,
     long_tailed_indices,
     noisy_labels,
@@ -145,3 +146,30 @@ def test_noise_rejects_bad_arguments():
         noisy_labels(labels, 0.1, transition={1: 2})
     with pytest.raises(ValueError, match="num_classes >= 2"):
         noisy_labels(torch.zeros(5, dtype=torch.long), 0.1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_holdout_by_classes_holds_out_whole_classes(seed):
+    labels = torch.arange(30).repeat_interleave(4)[
+        torch.randperm(120, generator=torch.Generator().manual_seed(9))
+    ]
+    kept, held = holdout_indices(labels, 0.2, "classes", seed=seed)
+    assert torch.equal(torch.sort(torch.cat([kept, held])).values, torch.arange(120)), "a partition"
+    assert len(torch.unique(labels[held])) == 6
+    assert not torch.isin(labels[held], labels[kept]).any(), "no class on both sides"
+    again = holdout_indices(labels, 0.2, "classes", seed=seed)
+    assert torch.equal(again[1], held), "deterministic by seed"
+
+
+def test_holdout_by_samples_takes_a_share_of_every_class():
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 2)
+    kept, held = holdout_indices(labels, 0.3, "samples", seed=0)
+    assert torch.bincount(labels[held]).tolist() == [3, 2, 1]  # round(0.3 n), at least 1, at most n - 1
+    assert torch.bincount(labels[kept]).tolist() == [7, 3, 1]
+
+
+def test_holdout_refuses_what_would_leave_too_little():
+    with pytest.raises(ValueError, match="leaves fewer than 2"):
+        holdout_indices(torch.tensor([0, 1, 2]), 0.5, "classes")
+    with pytest.raises(ValueError, match="needs 2 a class"):
+        holdout_indices(torch.tensor([0, 0, 1]), 0.5, "samples")
