@@ -108,7 +108,10 @@ def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, Sp
         train = SplitTensors(train.images, noisy, clean_labels=train.labels)
     if run.holdout is not None:
         by = "classes" if _class_disjoint(prepared_root / run.data) else "samples"
-        kept, held = holdout_indices(train.labels, run.holdout.share, by, seed=run.holdout.seed)
+        try:
+            kept, held = holdout_indices(train.labels, run.holdout.share, by, seed=run.holdout.seed)
+        except ValueError as err:
+            raise ConfigError(f"{run.paper}.tune.holdout (dataset {run.dataset}): {err}") from err
         labels = train.labels[kept]
         renumbered = torch.searchsorted(torch.unique(labels), labels)
         train, test = (
@@ -121,12 +124,10 @@ def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, Sp
 @cache
 def _class_disjoint(path: Path) -> bool:
     """True if the test split's classes are unseen in training (then tuning holds out whole classes)."""
-    features = [load_split(path, split).features["label"] for split in ("train", "test")]
-    names = [set(getattr(feature, "names", None) or ()) for feature in features]
-    if all(names):  # ClassLabel: each split numbers its own classes 0..C-1, so compare the class names
-        return not names[0] & names[1]
-    train_labels, test_labels = _load_split(path, "train")[1], _load_split(path, "test")[1]
-    return not bool(torch.isin(test_labels, train_labels).any())
+    names = [getattr(load_split(path, split).features["label"], "names", None) for split in ("train", "test")]
+    if not all(names):  # each split numbers its own classes 0..C-1: only the names tell them apart
+        raise ConfigError(f"{path}: the label column is not a ClassLabel with class names; prepare it again")
+    return not set(names[0]) & set(names[1])
 
 
 @cache
@@ -157,24 +158,6 @@ def _is_done(path: Path, run: RunConfig, code_hash: str) -> bool:
         return record["config_hash"] == run.config_hash() and record["provenance"]["code_hash"] == code_hash
     except (ValueError, KeyError):
         return False
-
-
-def _training_labels(run: RunConfig, prepared_root: Path) -> torch.Tensor:
-    """The labels the run trains on (subset, noise, held-out part removed), without loading images."""
-    path = prepared_root / run.data
-    labels = _load_split(path, "train")[1]
-    labels = labels[_subset(len(labels), run.train_limit)]
-    if run.label_noise is not None:
-        noise = run.label_noise
-        labels = noisy_labels(labels, noise.rate, noise.kind, seed=noise.seed).labels
-    if run.holdout is not None:
-        by = "classes" if _class_disjoint(path) else "samples"
-        try:
-            kept, _ = holdout_indices(labels, run.holdout.share, by, seed=run.holdout.seed)
-        except ValueError as err:
-            raise ConfigError(f"{run.paper}.tune.holdout (dataset {run.dataset}): {err}") from err
-        labels = labels[kept]
-    return labels
 
 
 def trial_record_path(root: Path, run: RunConfig, point: dict[str, Any]) -> Path:
@@ -238,9 +221,8 @@ def run_paper(
         data_fingerprint(prepared_root / name)  # fails now, with how to prepare it, if missing
     for run in [*runs, *(r for r, _ in trials)]:  # a batch the sampler cannot fill fails now
         try:
-            samplers.build(
-                run.sampler.name, labels=_training_labels(run, prepared_root), **run.sampler.kwargs
-            )
+            labels = load_run_data(run, prepared_root)[0].labels  # the images are cached for the runs
+            samplers.build(run.sampler.name, labels=labels, **run.sampler.kwargs)
         except (samplers.SamplerError, BuildError) as err:
             trial = " (tuning trial)" if run.holdout else ""
             raise ConfigError(

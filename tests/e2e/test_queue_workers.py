@@ -23,7 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from common.tracking.mlflow_tracking import flatten
-from tests.e2e.test_smoke_pipeline import BIN, PAPER_PARAMS, _copy_repo, _git, _omniglot_source
+from tests.e2e.test_smoke_pipeline import BIN, PAPER_PARAMS, _git, _omniglot_source, _smoke_repo
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +38,7 @@ def queued_repo(tmp_path_factory):
     omniglot = _omniglot_source()
     if omniglot is None:
         pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    repo = tmp_path_factory.mktemp("queue") / "repo"
-    repo.mkdir()
-    _copy_repo(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    params["data"]["omniglot"]["source_dir"] = str(omniglot)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(repo, "init", "-q")
-    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "add", "-A")
-    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "queue")
+    repo = _smoke_repo(tmp_path_factory, "queue", omniglot)
 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -57,14 +57,9 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory):
-    omniglot = _omniglot_source()
-    if omniglot is None:
-        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    if not _fashion_mnist_available():
-        pytest.skip("no local Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR")
-    repo = tmp_path_factory.mktemp("smoke") / "repo"
+def _smoke_repo(tmp_path_factory, name: str, omniglot: Path) -> Path:
+    """A committed git copy of the working tree (no records, reports or lock) on the smoke profile."""
+    repo = tmp_path_factory.mktemp(name) / "repo"
     repo.mkdir()
     _copy_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -73,7 +68,18 @@ def smoke_repo(tmp_path_factory):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _git(repo, "init", "-q")
     _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "add", "-A")
-    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "smoke")
+    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", name)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory):
+    omniglot = _omniglot_source()
+    if omniglot is None:
+        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
+    if not _fashion_mnist_available():
+        pytest.skip("no local Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR")
+    repo = _smoke_repo(tmp_path_factory, "smoke", omniglot)
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -147,6 +147,23 @@ def test_a_full_disk_while_preparing_leaves_no_prepared_dataset(tmp_path, monkey
     assert sorted(p.name for p in out.parent.iterdir()) == ["omniglot"], "no new output, no temporary"
 
 
+def _run_under_file_size_limit(args: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess:
+    """``python -c args...`` in ``cwd`` with RLIMIT_FSIZE at ``limit`` bytes (Python ignores SIGXFSZ, so an
+    over-limit write fails with EFBIG, as the operating system refuses it)."""
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-c", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+        preexec_fn=limit_file_size,
+        capture_output=True,
+        text=True,
+    )
+
+
 _PREPARE_WITH_FAKE_CHECKSUMS = """
 import functools, json, sys, types
 from common.data import omniglot, prepare
@@ -163,18 +180,12 @@ def test_a_file_size_limit_while_preparing_is_a_clear_error_and_leaves_nothing(t
     sums = _fake_source(tmp_path)
     limit = 64 * 1024  # the fake dataset's arrow files are larger; every other file written is smaller
 
-    def limit_file_size() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes get EFBIG
-
     out = Path("data/prepared/omniglot")
-    result = subprocess.run(
-        [sys.executable, "-c", _PREPARE_WITH_FAKE_CHECKSUMS, json.dumps(sums), "omniglot", "--out", str(out)]
+    result = _run_under_file_size_limit(
+        [_PREPARE_WITH_FAKE_CHECKSUMS, json.dumps(sums), "omniglot", "--out", str(out)]
         + ["--source-dir", str(tmp_path / "src"), "--no-download"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
-        preexec_fn=limit_file_size,
-        capture_output=True,
-        text=True,
+        tmp_path,
+        limit,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.startswith(
@@ -211,18 +222,7 @@ sys.exit(run_command("run", lambda: _save_checkpoint(accelerator, Path("ckpt"), 
 def test_a_file_size_limit_while_checkpointing_is_a_clear_error(tmp_path, writer, expected):
     """A real write refusal (RLIMIT_FSIZE) inside safetensors (the model) or torch.save (the optimizer state)."""
     limit = 64 * 1024  # the model's 400 kB of weights, or Adam's 800 kB of moments, do not fit
-
-    def limit_file_size() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    result = subprocess.run(
-        [sys.executable, "-c", _SAVE_UNDER_A_SIZE_LIMIT, writer],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
-        preexec_fn=limit_file_size,
-        capture_output=True,
-        text=True,
-    )
+    result = _run_under_file_size_limit([_SAVE_UNDER_A_SIZE_LIMIT, writer], tmp_path, limit)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.startswith("run: error: cannot write the checkpoint ckpt/.partial_epoch_1: "), (
         result.stderr[-3000:]
