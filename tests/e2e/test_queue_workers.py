@@ -23,7 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from common.tracking.mlflow_tracking import flatten
-from tests.e2e.test_smoke_pipeline import BIN, PAPER_PARAMS, _git, _omniglot_source, _smoke_repo
+from tests.e2e.conftest import BIN, PAPER_PARAMS, git, make_smoke_repo, omniglot_source
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +35,10 @@ METHODS = set(PAPER_PARAMS["methods"])
 
 @pytest.fixture(scope="module")
 def queued_repo(tmp_path_factory):
-    omniglot = _omniglot_source()
+    omniglot = omniglot_source()
     if omniglot is None:
         pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    repo = _smoke_repo(tmp_path_factory, "queue", omniglot)
+    repo = make_smoke_repo(tmp_path_factory, "queue", omniglot)
 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -48,7 +48,7 @@ def queued_repo(tmp_path_factory):
         result = subprocess.run(queue, cwd=repo, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert not (repo / "mlflow.db").exists()  # the two workers create the store, at the same time
-    baseline = _git(repo, "rev-parse", "HEAD").strip()
+    baseline = git(repo, "rev-parse", "HEAD").strip()
     started = time.perf_counter()
     # `dvc queue start` and polling, not `dvc exp run --run-all`, which can hang after both experiments
     # finished (treeverse/dvc#10398: a worker that never completes its shutdown)
@@ -59,7 +59,7 @@ def queued_repo(tmp_path_factory):
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            refs = _git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+            refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
             finished = [r for r in refs if r.startswith(_prefix(baseline))]
             if len(finished) == len(EXPERIMENTS) or "refs/exps/celery/failed" in refs:
                 break
@@ -105,15 +105,15 @@ def _stop_workers(repo: Path) -> None:
 
 def _experiments(repo: Path, baseline: str) -> dict[str, dict]:
     """Each finished experiment's committed params and records, read from its git ref."""
-    refs = _git(repo, "for-each-ref", "--format=%(refname)", _prefix(baseline)).split()
+    refs = git(repo, "for-each-ref", "--format=%(refname)", _prefix(baseline)).split()
     found = {}
     for ref in refs:
         name = ref.rsplit("/", 1)[1]
-        files = _git(repo, "ls-tree", "-r", "--name-only", ref, "records/multi_similarity/omniglot").split()
+        files = git(repo, "ls-tree", "-r", "--name-only", ref, "records/multi_similarity/omniglot").split()
         found[name] = {
             "ref": ref,
-            "params": yaml.safe_load(_git(repo, "show", f"{ref}:params.yaml")),
-            "records": [json.loads(_git(repo, "show", f"{ref}:{f}")) for f in files if f.endswith(".json")],
+            "params": yaml.safe_load(git(repo, "show", f"{ref}:params.yaml")),
+            "records": [json.loads(git(repo, "show", f"{ref}:{f}")) for f in files if f.endswith(".json")],
         }
     return found
 
@@ -121,7 +121,7 @@ def _experiments(repo: Path, baseline: str) -> dict[str, dict]:
 def test_both_queued_experiments_land_whole_and_unmixed_in_one_store(queued_repo):
     repo, env, seconds = queued_repo
     print(f"two queued experiments, two workers: {seconds:.1f} s")
-    baseline = _git(repo, "rev-parse", "HEAD").strip()
+    baseline = git(repo, "rev-parse", "HEAD").strip()
     experiments = _experiments(repo, baseline)
     if sorted(experiments) != sorted(EXPERIMENTS):
         queue = subprocess.run(

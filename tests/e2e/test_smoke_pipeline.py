@@ -8,10 +8,7 @@ store (the SQLite file at the copy's root).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,74 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
-
-BIN = Path(sys.executable).parent
-PAPER_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())["multi_similarity"]
-METHODS = set(PAPER_PARAMS["methods"])
-DATASETS = set(PAPER_PARAMS["datasets"])
-
-
-def _omniglot_source() -> Path | None:
-    for candidate in (os.environ.get("OMNIGLOT_DIR"), REPO.parent / "shared" / "data" / "omniglot"):
-        if candidate and (Path(candidate) / "images_background_small1.zip").is_file():
-            return Path(candidate).resolve()
-    return None
-
-
-def _fashion_mnist_available() -> bool:
-    return bool(os.environ.get("FASHION_MNIST_DIR")) or Path("/usr/share/datasets/fashion-mnist").is_dir()
-
-
-def _copy_repo(target: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file() and not name.startswith(("records/", "reports/", "dvc.lock")):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
-
-
-def _smoke_repo(tmp_path_factory, name: str, omniglot: Path) -> Path:
-    """A committed git copy of the working tree (no records, reports or lock) on the smoke profile."""
-    repo = tmp_path_factory.mktemp(name) / "repo"
-    repo.mkdir()
-    _copy_repo(repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    params["data"]["omniglot"]["source_dir"] = str(omniglot)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(repo, "init", "-q")
-    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "add", "-A")
-    _git(repo, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", name)
-    return repo
-
-
-@pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory):
-    omniglot = _omniglot_source()
-    if omniglot is None:
-        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    if not _fashion_mnist_available():
-        pytest.skip("no local Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR")
-    repo = _smoke_repo(tmp_path_factory, "smoke", omniglot)
-
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    started = time.perf_counter()
-    result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return repo, env, seconds
+from tests.e2e.conftest import BIN, DATASETS, METHODS, PAPER_PARAMS, git
 
 
 def test_smoke_repro_writes_the_report_and_index(smoke_repo):
@@ -100,7 +30,7 @@ def test_smoke_repro_writes_the_report_and_index(smoke_repo):
     for method in PAPER_PARAMS["methods"].values():
         assert f"| {method['label']} |" in report
     assert "65.7" in report and "88.0" in report, "the paper's headline numbers stand beside ours"
-    commit = _git(repo, "rev-parse", "HEAD").strip()
+    commit = git(repo, "rev-parse", "HEAD").strip()
     assert f"`{commit[:10]}`" in report and "profile `smoke`" in report
     for figure in ("recall_at_k.png", "similarities.png", "training_loss.png"):
         path = repo / "reports" / "figures" / "multi_similarity" / figure
@@ -125,7 +55,7 @@ def test_every_row_traces_to_a_finished_mlflow_run(smoke_repo):
     experiment = client.get_experiment_by_name("multi_similarity")
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
     assert len(runs) == len(records)
-    commit = _git(repo, "rev-parse", "HEAD").strip()
+    commit = git(repo, "rev-parse", "HEAD").strip()
     report = (repo / "reports" / "multi_similarity.md").read_text()
     for record in records:
         provenance = record["provenance"]
