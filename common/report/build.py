@@ -340,13 +340,81 @@ def build_report(
         "claims": claims,
         "commits": commits,
         "dirty": dirty,
+        "results": leaderboard_rows(groups, datasets, methods),
     }
     (reports_root / f"{slug}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return report_path
 
 
+LEADERBOARD_METRICS = ("recall_at_1", "map_at_r")
+
+
+def _component_text(component: dict[str, Any]) -> str:
+    kwargs = ", ".join(f"{k}={v}" for k, v in component.items() if k != "name")
+    return f"{component['name']}({kwargs})"
+
+
+def leaderboard_rows(groups: dict, datasets: list[str], methods: list[str]) -> list[dict[str, Any]]:
+    """Each (dataset, method) of a paper with its setup and the leaderboard metrics over seeds."""
+    rows = []
+    for dataset in datasets:
+        for method in methods:
+            members = groups[(dataset, method)]
+            config = members[0]["config"]
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "label": members[0]["label"],
+                    "backbone": _component_text(config["model"]),
+                    "training": f"{config['epochs']} x {config['batches_per_epoch']} batches, "
+                    + _component_text(config["sampler"]),
+                    "tuned": any("tuning" in r for r in members),
+                    "metrics": {
+                        m: vars(mean_ci([r["metrics"][m] for r in members]))
+                        for m in LEADERBOARD_METRICS
+                        if all(m in r["metrics"] for r in members)
+                    },
+                }
+            )
+    return rows
+
+
+def _leaderboard(summaries: list[dict]) -> list[str]:
+    """One table per dataset: every method of every paper, best MAP@R first (the "reality check" view)."""
+    by_dataset: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+    for s in summaries:
+        for row in s.get("results", []):
+            if all(m in row["metrics"] for m in LEADERBOARD_METRICS):
+                by_dataset[row["dataset"]].append((s, row))
+    if not by_dataset:
+        return []
+    lines = [
+        "",
+        "## Leaderboard: every method on each dataset",
+        "",
+        "Every method of every paper, on the same test protocol per dataset (the paper's own report says how "
+        "its runs were set up), best MAP@R first; mean ± 95% interval over seeds, in %. As in Musgrave et al., "
+        '"A Metric Learning Reality Check" (ECCV 2020): compare methods as numbers only where backbone and '
+        "training budget match; the intervals say how far apart two rows must be to differ.",
+    ]
+    for dataset in sorted(by_dataset):
+        note = DATASET_NOTES.get(dataset, "")
+        lines += ["", f"### {dataset}", "", *([note, ""] if note else [])]
+        lines.append("| # | method | paper | backbone | training | tuned | R@1 | MAP@R |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        ranked = sorted(by_dataset[dataset], key=lambda sr: -sr[1]["metrics"]["map_at_r"]["mean"])
+        for rank, (s, row) in enumerate(ranked, 1):
+            cells = [Interval(**row["metrics"][m]).format() for m in LEADERBOARD_METRICS]
+            lines.append(
+                f"| {rank} | {row['label']} | [{s['slug']}]({s['slug']}.md) | {row['backbone']} | {row['training']} "
+                f"| {'yes' if row['tuned'] else 'no'} | " + " | ".join(cells) + " |"
+            )
+    return lines
+
+
 def build_index(reports_root: Path = Path("reports")) -> Path:
-    """``reports/README.md``: every paper with its claim verdicts."""
+    """``reports/README.md``: every paper with its claim verdicts, then the leaderboard across papers."""
     lines = [
         "# Reports",
         "",
@@ -356,8 +424,8 @@ def build_index(reports_root: Path = Path("reports")) -> Path:
         "| paper | profile | seeds | reproduced | not reproduced | inconclusive | claims |",
         "|---|---|---|---|---|---|---|",
     ]
-    for summary_path in sorted(reports_root.glob("*.json")):
-        s = json.loads(summary_path.read_text())
+    summaries = [json.loads(path.read_text()) for path in sorted(reports_root.glob("*.json"))]
+    for s in summaries:
         n = {
             v: sum(c["verdict"] == v for c in s["claims"]) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
         }
@@ -366,6 +434,7 @@ def build_index(reports_root: Path = Path("reports")) -> Path:
             f"| [{s['title']}]({s['slug']}.md) | {s['profile']} | {len(s['seeds'])} | {n[REPRODUCED]} "
             f"| {n[NOT_REPRODUCED]} | {n[INCONCLUSIVE]} | {details} |"
         )
+    lines += _leaderboard(summaries)
     path = reports_root / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path

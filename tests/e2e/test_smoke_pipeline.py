@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from common.report.build import DATASET_NOTES
 from tests.conftest import REPO
 from tests.e2e.conftest import BIN, DATASETS, METHODS, PAPER_PARAMS, git
 
@@ -38,6 +39,11 @@ def test_smoke_repro_writes_the_report_and_index(smoke_repo):
         assert f"figures/multi_similarity/{figure}" in report
     index = (repo / "reports" / "README.md").read_text()
     assert "[Multi-Similarity Loss" in index and "(multi_similarity.md)" in index
+    board = index[index.index("## Leaderboard") :]
+    for dataset in DATASETS:
+        table = board[board.index(f"### {dataset}") :].split("\n\n")[2 if dataset in DATASET_NOTES else 1]
+        labels = [line.split(" | ")[1] for line in table.splitlines()[2:]]
+        assert {m["label"] for m in PAPER_PARAMS["methods"].values()} <= set(labels)
     summary = json.loads((repo / "reports" / "multi_similarity.json").read_text())
     claims = yaml.safe_load((REPO / "papers" / "multi_similarity" / "paper.yaml").read_text())["claims"]
     checks = [(c["claim"], c["dataset"]) for c in summary["claims"]]
