@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.autograd.function import FunctionCtx
 
 
 class _AllGather(torch.autograd.Function):
@@ -11,14 +12,14 @@ class _AllGather(torch.autograd.Function):
     gradient (every rank computes the same global loss, so each rank's slice gets every rank's share)."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
         ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor)
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous()
         dist.all_reduce(grad)
         return grad.narrow(0, ctx.rank * ctx.size, ctx.size)

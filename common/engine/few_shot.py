@@ -16,7 +16,13 @@ from common.losses.prototypical import prototype_logits
 from common.samplers.episodic import EpisodicBatchSampler
 
 
-def _accuracy(query, query_labels, support, support_labels, distance: str) -> torch.Tensor:
+def _accuracy(
+    query: torch.Tensor,
+    query_labels: torch.Tensor,
+    support: torch.Tensor,
+    support_labels: torch.Tensor,
+    distance: str,
+) -> torch.Tensor:
     logits, classes = prototype_logits(query, support, support_labels, distance)
     return (classes[logits.argmax(dim=1)] == query_labels).double().mean()
 

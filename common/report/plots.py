@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from common.report.stats import mean_ci  # noqa: E402
 
@@ -16,7 +17,7 @@ from common.report.stats import mean_ci  # noqa: E402
 _PNG_METADATA = {"Software": None}
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata=_PNG_METADATA)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from common.report.stats import mean_ci, verdict
 
+if TYPE_CHECKING:
+    from common.report.build import ReportContext
 
-def sections(context) -> list[str]:
+
+def sections(context: ReportContext) -> list[str]:
     lines = [
         "",
         "## Sub-centers: clean samples in the dominant one",

@@ -3,7 +3,12 @@ published errors that come with them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from common.report.stats import mean_ci
+
+if TYPE_CHECKING:
+    from common.report.build import ReportContext
 
 # Lake, Salakhutdinov, Tenenbaum, "Human-level concept learning through probabilistic program induction",
 # Science 2015, as listed with the runs (brendenlake/omniglot, python/one-shot-classification): error, %.
@@ -15,7 +20,7 @@ PUBLISHED_ONE_SHOT_ERRORS = {
 }
 
 
-def sections(context) -> list[str]:
+def sections(context: ReportContext) -> list[str]:
     lines = [
         "",
         "## Omniglot's 20 official one-shot runs",
