@@ -67,9 +67,26 @@ def _mlflow_run(record: dict):
     return run, mirrored, None
 
 
+def _unreachable_server() -> str | None:
+    """Why a tracking server cannot be used (one request, seconds), or None: without this check, MLflow's
+    client would retry every run's lookup for minutes."""
+    from common.tracking import tracking_uri
+    from common.tracking.mlflow_tracking import TrackingStoreError, check_tracking_store
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        check_tracking_store(uri)
+    except TrackingStoreError as err:
+        return str(err)
+    return None
+
+
 def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str = "dvc") -> AuditResult:
     from common.data.loading import data_fingerprint
     from common.data.sources import DataSourceError
+    from common.tracking.mirror import differences
 
     result = AuditResult()
     slug = report.stem
@@ -87,6 +104,9 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
     lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
     stale = stale_stages(dvc=dvc)
     fingerprints: dict[str, str | None] = {}
+    unreachable = _unreachable_server()
+    if unreachable:
+        result.problems.append(f"no run checked in MLflow: {unreachable}")
 
     for record in records:
         key = (record["dataset"], record["method"], record["seed"])
@@ -125,14 +145,14 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
             result.problems.append(f"{name}: data drifted (run {prov['data_fingerprint']}, now {now})")
         if prov["mlflow_run_id"][:8] not in text:
             result.problems.append(f"{name}: the report does not name its run {prov['mlflow_run_id']}")
+        if unreachable:
+            continue
         run, mirrored, why = _mlflow_run(record)
         if run is None:
             result.lines.append(f"  MLflow: {why}")
             if "clean clone" not in why:
                 result.problems.append(f"{name}: MLflow run {prov['mlflow_run_id']} {why}")
         elif mirrored:  # a copy made from the record: accepted only if it holds exactly the record's run
-            from common.tracking.mirror import differences
-
             result.lines.append(f"  MLflow: mirrored from the record as run {run.info.run_id}")
             for difference in differences(run, record):
                 result.problems.append(f"{name}: mirrored MLflow run {run.info.run_id}: {difference}")
