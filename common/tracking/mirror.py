@@ -296,7 +296,7 @@ def _delete(client: MlflowClient, run_id: str) -> None:
     _retry(lambda: client.delete_run(run_id), uri=client.tracking_uri)
 
 
-def _write(root: Path, path: Path, record: dict[str, Any]) -> None:
+def _write(client: MlflowClient, root: Path, path: Path, record: dict[str, Any]) -> None:
     """One run, logged as the runner logs it; an error marks it FAILED (RunTracker), then deletes it."""
     provenance = record["provenance"]
     tags = {
@@ -320,7 +320,7 @@ def _write(root: Path, path: Path, record: dict[str, Any]) -> None:
     except BaseException:
         if tracker.run_id is not None:
             try:
-                _delete(tracker._client, tracker.run_id)
+                _delete(client, tracker.run_id)
             except Exception as err:  # the store is gone: the next mirror replaces the unfinished run
                 print(
                     f"warning: could not delete the unfinished run {tracker.run_id}: {err}", file=sys.stderr
@@ -390,7 +390,7 @@ def mirror_records(
                 _delete(client, run.info.run_id)
             if unfinished:
                 summary.replaced.append(record["provenance"]["mlflow_run_id"])
-            _write(root, path, record)
+            _write(client, root, path, record)
             summary.mirrored.append(record["provenance"]["mlflow_run_id"])
     except TrackingStoreError:
         raise
