@@ -14,14 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Fashion-MNIST from Debian's package, where apt is available (else prepare downloads the official files).
+# Debian's packages, where apt is available: Fashion-MNIST (else prepare downloads the official files) and
+# PostgreSQL (the team-server test starts one; it is skipped without it).
 system-packages:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
-	  echo "note: could not install dataset-fashion-mnist; the prepare stage will try the official download"; \
+	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null || \
+	  echo "note: could not install$$missing; without dataset-fashion-mnist the prepare stage tries the official download, without postgresql the team-server test is skipped"; \
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null || true; \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq $$missing) >/dev/null || true; \
 	fi
 
 # The stages run `python -m ...`: the venv's python must come first on PATH.

@@ -10,7 +10,9 @@ against the current checkout:
 - lock: ``dvc.lock`` has the stage, and ``dvc status`` reports no change behind it;
 - report: the report names the run;
 - MLflow: the run exists in the tracking store with the same tags (when the store has it; a clean clone has
-  no store, which the audit says plainly instead of failing).
+  no store, which the audit says plainly instead of failing). A store filled by ``repro mirror`` holds a copy
+  under a new id, tagged ``original_run_id``: it is accepted only if it is finished and its run name, tags,
+  params and metrics equal the record's.
 
 Exit status 0 when everything matches, 1 on any drift or missing run.
 """
@@ -38,24 +40,53 @@ class AuditResult:
         return not self.problems
 
 
-def _mlflow_run(run_id: str):
+def _mlflow_run(record: dict):
+    """(run, mirrored, why): the record's run by its id, else its mirror (tagged original_run_id; see
+    common/tracking/mirror.py), else ``None`` and why."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from common.tracking import tracking_uri
+    from common.tracking.mirror import ORIGINAL_RUN_ID, MirrorConflict, stored_run
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return None, f"no MLflow store at {uri} (a clean clone has none; `repro` runs fill it)"
+        return (
+            None,
+            False,
+            f"no MLflow store at {uri} (a clean clone has none; `repro` runs or `repro mirror` fill it)",
+        )
     try:
-        return MlflowClient(uri).get_run(run_id), None
+        run, mirrored = stored_run(MlflowClient(uri), record)
+    except MirrorConflict as err:
+        return None, False, str(err)
     except MlflowException as err:
-        return None, f"not in the MLflow store {uri}: {str(err).splitlines()[0]}"
+        return None, False, f"not in the MLflow store {uri}: {str(err).splitlines()[0]}"
+    if run is None:
+        return None, False, f"not in the MLflow store {uri}, nor a run tagged {ORIGINAL_RUN_ID} with its id"
+    return run, mirrored, None
+
+
+def _unreachable_server() -> str | None:
+    """Why a tracking server cannot be used (one request, seconds), or None: without this check, MLflow's
+    client would retry every run's lookup for minutes."""
+    from common.tracking import tracking_uri
+    from common.tracking.mlflow_tracking import TrackingStoreError, check_tracking_store
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        check_tracking_store(uri)
+    except TrackingStoreError as err:
+        return str(err)
+    return None
 
 
 def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str = "dvc") -> AuditResult:
     from common.data.loading import data_fingerprint
     from common.data.sources import DataSourceError
+    from common.tracking.mirror import differences
 
     result = AuditResult()
     slug = report.stem
@@ -73,6 +104,9 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
     lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
     stale = stale_stages(dvc=dvc)
     fingerprints: dict[str, str | None] = {}
+    unreachable = _unreachable_server()
+    if unreachable:
+        result.problems.append(f"no run checked in MLflow: {unreachable}")
 
     for record in records:
         key = (record["dataset"], record["method"], record["seed"])
@@ -111,11 +145,21 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
             result.problems.append(f"{name}: data drifted (run {prov['data_fingerprint']}, now {now})")
         if prov["mlflow_run_id"][:8] not in text:
             result.problems.append(f"{name}: the report does not name its run {prov['mlflow_run_id']}")
-        run, why = _mlflow_run(prov["mlflow_run_id"])
+        if unreachable:
+            continue
+        run, mirrored, why = _mlflow_run(record)
         if run is None:
             result.lines.append(f"  MLflow: {why}")
             if "clean clone" not in why:
                 result.problems.append(f"{name}: MLflow run {prov['mlflow_run_id']} {why}")
+        elif mirrored:  # a copy made from the record: accepted only if it holds exactly the record's run
+            result.lines.append(f"  MLflow: mirrored from the record as run {run.info.run_id}")
+            for difference in differences(run, record):
+                result.problems.append(f"{name}: mirrored MLflow run {run.info.run_id}: {difference}")
+            if run.info.status != "FINISHED":
+                result.problems.append(
+                    f"{name}: mirrored MLflow run {run.info.run_id} status {run.info.status}"
+                )
         else:
             tags = run.data.tags
             for tag, expected in (

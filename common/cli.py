@@ -8,6 +8,7 @@
     repro dvc-yaml [--check]         write dvc.yaml: every stage with exactly the code it imports
     repro audit REPORT               trace a report's numbers to runs, commits, stages; flag drift
     repro check-reports              fail if a committed report is stale (CI runs it)
+    repro mirror [PAPER ...]         fill the MLflow store from the committed run records (a fresh clone)
 
 The DVC stages run the stage modules directly, so that each stage depends on its own code only (see
 common/pipeline.py). Errors that the user can fix (bad params, missing data, a NaN loss) are printed without a
@@ -84,6 +85,12 @@ def _audit(args: argparse.Namespace) -> None:
     print(f"\n{args.report}: every number traces to a finished run of the current code, params and data")
 
 
+def _mirror(args: argparse.Namespace) -> None:
+    from common.tracking.mirror import mirror_records
+
+    print(mirror_records(Path("."), papers=args.papers).text())
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="repro", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,6 +117,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-reports", help="fail if a committed report is stale against the code or params")
     p.set_defaults(func=_check_reports)
+
+    p = sub.add_parser(
+        "mirror",
+        help="fill the MLflow store (MLFLOW_TRACKING_URI, else mlflow.db) from the committed run records",
+    )
+    p.add_argument("papers", nargs="*", metavar="PAPER", help="only these papers (default: every one)")
+    p.set_defaults(func=_mirror)
 
     p = sub.add_parser("papers", help="list the papers and their claim verdicts")
     p.set_defaults(func=_papers)

@@ -1,12 +1,16 @@
 """The e2e fixtures: a committed temporary copy of the repository on the smoke profile, and one real
 `dvc repro` of it shared by every e2e test that reads its outputs (a test that edits a file there restores
-it before it returns).
+it before it returns); and the helpers that queue `dvc exp run` experiments, run them in several `dvc queue`
+workers and check that the MLflow store holds exactly the runs of their records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.tracking.mlflow_tracking import flatten
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -84,3 +89,127 @@ def smoke_repo(tmp_path_factory):
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return repo, env, seconds
+
+
+# ----------------------------------------------------------------------------- experiments in dvc queue workers
+
+
+def queue_experiments(repo: Path, env: dict, stage: str, key: str, experiments: dict[str, object]) -> None:
+    """`dvc exp run --queue -n NAME -S KEY=VALUE STAGE` for each experiment."""
+    for name, value in experiments.items():
+        queue = [str(BIN / "dvc"), "exp", "run", "--queue", "-n", name, "-S", f"{key}={value}", stage]
+        result = subprocess.run(queue, cwd=repo, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def run_queue(repo: Path, env: dict, experiments: int, jobs: int = 2, timeout: float = 600) -> float:
+    """Start `jobs` queue workers, wait until `experiments` experiments are committed (or one failed), stop
+    the workers; returns the seconds taken."""
+    baseline = git(repo, "rev-parse", "HEAD").strip()
+    started = time.perf_counter()
+    # `dvc queue start` and polling, not `dvc exp run --run-all`, which can hang after both experiments
+    # finished (treeverse/dvc#10398: a worker that never completes its shutdown)
+    result = subprocess.run(
+        [str(BIN / "dvc"), "queue", "start", "-j", str(jobs)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+            finished = [r for r in refs if r.startswith(experiment_refs(baseline))]
+            if len(finished) == experiments or "refs/exps/celery/failed" in refs:
+                break
+            time.sleep(1)
+        _wait_for_workers(repo, 60)
+    finally:
+        _stop_workers(repo)
+    return time.perf_counter() - started
+
+
+def experiment_refs(baseline: str) -> str:
+    """The prefix of the git refs of the experiments based on commit ``baseline``."""
+    return f"refs/exps/{baseline[:2]}/{baseline[2:]}/"
+
+
+def _workers(repo: Path) -> list[int]:
+    """The queue workers this test started (their pid files) that still run in its repository."""
+    alive = []
+    for info in (repo / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json"):
+        pid = json.loads(info.read_text()).get("pid")
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except (OSError, IndexError, TypeError):
+            continue
+        if state != "Z" and cwd == repo.resolve():
+            alive.append(pid)
+    return alive
+
+
+def _wait_for_workers(repo: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while _workers(repo) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def _stop_workers(repo: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _workers(repo):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        _wait_for_workers(repo, 20)
+
+
+def committed_experiments(repo: Path, baseline: str, records: str) -> dict[str, dict]:
+    """Each finished experiment's committed params and the records under ``records``, read from its git ref."""
+    refs = git(repo, "for-each-ref", "--format=%(refname)", experiment_refs(baseline)).split()
+    found = {}
+    for ref in refs:
+        name = ref.rsplit("/", 1)[1]
+        files = git(repo, "ls-tree", "-r", "--name-only", ref, records).split()
+        found[name] = {
+            "ref": ref,
+            "params": yaml.safe_load(git(repo, "show", f"{ref}:params.yaml")),
+            "records": [json.loads(git(repo, "show", f"{ref}:{f}")) for f in files if f.endswith(".json")],
+        }
+    return found
+
+
+def assert_queue_finished(repo: Path, experiments: dict[str, dict], names) -> None:
+    if sorted(experiments) != sorted(names):
+        queue = subprocess.run(
+            [str(BIN / "dvc"), "queue", "status"], cwd=repo, capture_output=True, text=True
+        )
+        pytest.fail(f"not every experiment finished and was committed:\n{queue.stdout}")
+
+
+def assert_runs_are_their_records(runs: dict, owner: dict[str, tuple[str, dict]]) -> None:
+    """The store's runs (id -> Run) are exactly the records' runs (id -> (experiment, record)), each
+    FINISHED with its own record's name, params, tags and metrics: nothing missing, extra or mixed."""
+    assert set(runs) == set(owner), "an MLflow run without a record, or a record without its run"
+    for run_id, (name, record) in owner.items():
+        run = runs[run_id]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"{record['method']}/{record['dataset']}/seed{record['seed']}"
+        assert run.data.params == flatten(record["config"]), f"{name}: params of another run"
+        assert run.data.tags["params_hash"] == record["config_hash"]
+        assert run.data.tags["method"] == record["method"]
+        assert run.data.tags["git_commit"] == record["provenance"]["git_commit"]
+        for metric, value in record["metrics"].items():
+            assert run.data.metrics[metric] == pytest.approx(value), f"{name} {record['method']}: {metric}"
+
+
+def assert_ran_at_once(runs: dict, owner: dict[str, tuple[str, dict]], first: str, second: str) -> None:
+    """Some run of experiment ``first`` overlapped in time with some run of experiment ``second``."""
+    intervals = {
+        name: [(runs[i].info.start_time, runs[i].info.end_time) for i, (n, _) in owner.items() if n == name]
+        for name in (first, second)
+    }
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in intervals[first] for b0, b1 in intervals[second]), (
+        "the two experiments did not run at the same time"
+    )
