@@ -52,7 +52,7 @@ from common.pipeline import run_code_hash, run_stage
 from common.records import read_record, record_path, write_record
 from common.registry import BuildError
 from common.tracking import RunTracker, mark_abandoned
-from common.tracking.mlflow_tracking import check_tracking_store
+from common.tracking.mlflow_tracking import check_tracking_store, run_name
 from common.tracking.provenance import git_commit, git_dirty, hardware, versions
 
 PREPARED_ROOT = Path("data/prepared")
@@ -323,15 +323,14 @@ def _train_and_record(context: _RunContext, run: RunConfig, path: Path, extra: d
         "hardware": hardware(),
         **{f"version.{k}": v for k, v in versions().items()},
     }
-    run_name = f"{run.method}/{run.dataset}/seed{run.seed}"
     if "tuning_point" in extra:
         tags["evaluated_on"] = "held-out training data (tuning trial)"
         tags["tuning_point"] = point_label(extra["tuning_point"])
-        run_name = f"tune/{run.method}/{run.dataset}/{tags['tuning_point']}/seed{run.seed}"
     if earlier:
         tags["resumed_from"] = earlier[-1]
     started = time.perf_counter()
-    with RunTracker(paper, run_name, run.model_dump(mode="json"), tags, enabled=main) as tracker:
+    name = run_name(run.method, run.dataset, run.seed, tags.get("tuning_point"))
+    with RunTracker(paper, name, run.model_dump(mode="json"), tags, enabled=main) as tracker:
         if main:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             attempts_file.write_text(json.dumps([*earlier, tracker.run_id]))

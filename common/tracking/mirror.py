@@ -37,6 +37,7 @@ from tqdm import tqdm
 from common.errors import UserError
 from common.records import RecordError, read_record
 from common.tracking.mlflow_tracking import (
+    PARAM_VALUE_LIMIT,
     RunTracker,
     TrackingStoreError,
     _client,
@@ -44,6 +45,7 @@ from common.tracking.mlflow_tracking import (
     _retry,
     check_tracking_store,
     flatten,
+    run_name,
 )
 
 ORIGINAL_RUN_ID = "original_run_id"
@@ -60,7 +62,6 @@ _RECORD_ONLY = frozenset(
         "duration_s",
     }
 )
-_PARAM_LIMIT = 6000  # RunTracker cuts a param value there (MLflow's limit)
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _REQUIRED = (
     "paper",
@@ -102,12 +103,11 @@ class MirrorSummary:
 # ----------------------------------------------------------------------------- what a record's run holds
 
 
-def run_name(record: dict[str, Any]) -> str:
-    """The name the runner gives the record's run (``common/runner.py``)."""
-    point = record["provenance"].get("tuning_point")
-    if point is not None:
-        return f"tune/{record['method']}/{record['dataset']}/{point}/seed{record['seed']}"
-    return f"{record['method']}/{record['dataset']}/seed{record['seed']}"
+def record_run_name(record: dict[str, Any]) -> str:
+    """The name the runner gave the record's run."""
+    return run_name(
+        record["method"], record["dataset"], record["seed"], record["provenance"].get("tuning_point")
+    )
 
 
 def record_tags(record: dict[str, Any]) -> dict[str, str]:
@@ -122,7 +122,7 @@ def record_tags(record: dict[str, Any]) -> dict[str, str]:
 
 
 def record_params(record: dict[str, Any]) -> dict[str, str]:
-    return {k: v[:_PARAM_LIMIT] for k, v in flatten(record["config"]).items()}
+    return {k: v[:PARAM_VALUE_LIMIT] for k, v in flatten(record["config"]).items()}
 
 
 def _steps(record: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
@@ -150,8 +150,8 @@ def differences(run: Run, record: dict[str, Any]) -> list[str]:
     """How a mirrored run differs from its record: run name, tags, params and metrics (empty: equal)."""
     found = []
     original = record["provenance"]["mlflow_run_id"]
-    if run.info.run_name != run_name(record):
-        found.append(f"run name {run.info.run_name!r}, record gives {run_name(record)!r}")
+    if run.info.run_name != record_run_name(record):
+        found.append(f"run name {run.info.run_name!r}, record gives {record_run_name(record)!r}")
     tags = run.data.tags
     for key, value in {**record_tags(record), ORIGINAL_RUN_ID: original}.items():
         if tags.get(key) != value:
@@ -304,7 +304,7 @@ def _write(client: MlflowClient, root: Path, path: Path, record: dict[str, Any])
         ORIGINAL_RUN_ID: provenance["mlflow_run_id"],
         MIRRORED_FROM: path.as_posix(),
     }
-    tracker = RunTracker(provenance["mlflow_experiment"], run_name(record), record["config"], tags)
+    tracker = RunTracker(provenance["mlflow_experiment"], record_run_name(record), record["config"], tags)
     try:
         with tracker:
             for step, metrics in _steps(record):
@@ -328,7 +328,9 @@ def _write(client: MlflowClient, root: Path, path: Path, record: dict[str, Any])
         raise
 
 
-def _plan(client: MlflowClient, records, summary: MirrorSummary) -> list:
+def _plan(
+    client: MlflowClient, records: Iterable[tuple[Path, dict[str, Any]]], summary: MirrorSummary
+) -> list:
     """What to write: (path, record, unfinished mirrors to replace); a conflict for any record stops all."""
     todo, conflicts, experiments = [], [], {}
     for path, record in records:

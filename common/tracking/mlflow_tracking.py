@@ -266,6 +266,16 @@ def mark_abandoned(run_id: str) -> bool:
     return True
 
 
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value; longer values are cut there
+
+
+def run_name(method: str, dataset: str, seed: int, tuning_point: str | None = None) -> str:
+    """The MLflow run name of a run (``tune/...`` for a tuning trial at ``tuning_point``)."""
+    if tuning_point is not None:
+        return f"tune/{method}/{dataset}/{tuning_point}/seed{seed}"
+    return f"{method}/{dataset}/seed{seed}"
+
+
 class RunTracker:
     """One MLflow run; a context manager that marks the run FAILED or KILLED if the block raises."""
 
@@ -296,7 +306,7 @@ class RunTracker:
             lambda: self._client.create_run(exp_id, run_name=self.run_name, tags=self.tags), uri=self._uri
         )
         self.run_id = run.info.run_id
-        params = [Param(k, v[:6000]) for k, v in sorted(self.params.items())]
+        params = [Param(k, v[:PARAM_VALUE_LIMIT]) for k, v in sorted(self.params.items())]
         for i in range(0, len(params), _BATCH):
             _retry(
                 lambda i=i: self._client.log_batch(self.run_id, params=params[i : i + _BATCH]), uri=self._uri
