@@ -82,9 +82,7 @@ class EvalSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     ks: tuple[int, ...] = (1, 2, 4, 8)
-    chunk_size: int | None = Field(
-        None, ge=1, description="queries per similarity block; None: blocks sized to the CPU cache"
-    )
+    chunk_size: int = Field(1024, ge=1)
     max_items: int | None = Field(None, ge=2, description="evaluate on a fixed random subset of this size")
     histogram_pairs: int = Field(2000, ge=10, description="embeddings used for the similarity histograms")
     fars: tuple[float, ...] = Field((), description="verification: TAR at these FARs over all test pairs")

@@ -98,7 +98,7 @@ def knn_predict(
     test_emb: Tensor,
     k: int = 20,
     temperature: float | None = 0.07,
-    chunk_size: int | None = None,
+    chunk_size: int = 1024,
 ) -> Tensor:
     """Predicted label of each test embedding by a vote of its ``k`` nearest training embeddings."""
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
@@ -134,7 +134,7 @@ def knn_accuracy(
     test_labels: Tensor,
     k: int = 20,
     temperature: float | None = 0.07,
-    chunk_size: int | None = None,
+    chunk_size: int = 1024,
 ) -> float:
     """Fraction of test embeddings whose k-NN vote (see the module docstring) is their label.
 

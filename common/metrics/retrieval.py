@@ -37,10 +37,7 @@ every query.
 Nearest neighbours are found in row chunks of ``chunk_size`` queries: each step holds a
 ``max(chunk_size, 16) x n_reference`` block of similarities (about 4 bytes each, plus a few bytes per
 entry of temporaries), keeps its top k (k = the largest of ``max(ks)`` and the largest R) and drops
-the block, so the full similarity matrix never exists. By default (``chunk_size=None``) a block is
-about 16 MiB on CPU, which stays in the last-level cache while the top-k passes read it (at 20,000
-references, 1024-row blocks of 80 MB were 1.2x slower on an idle 2-core machine and 5x slower beside
-another memory-heavy process), and about 256 MiB on an accelerator.
+the block, so the full similarity matrix never exists. Lower ``chunk_size`` for huge galleries.
 Within a block, the top k is found exactly but without a ``torch.topk`` over whole rows: the k-th
 largest maximum of ``~3k`` strided column blocks is a threshold that at least k entries reach, and
 only the entries at or above it (a few more than k on real data) are ranked.
@@ -170,18 +167,6 @@ def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[T
     return _exact_topk(sims, None, k)
 
 
-_BLOCK_BYTES = {"cpu": 16 << 20}
-_BLOCK_BYTES_ACCELERATOR = 256 << 20
-
-
-def _rows_per_chunk(chunk_size: int | None, width: int, x: Tensor) -> int:
-    """``chunk_size``, or with ``None`` as many rows as fill a block of the device's size (at least 16)."""
-    if chunk_size is not None:
-        return chunk_size
-    budget = _BLOCK_BYTES.get(x.device.type, _BLOCK_BYTES_ACCELERATOR)
-    return max(_MIN_GEMM_ROWS, budget // (x.element_size() * max(width, 1)))
-
-
 # BLAS libraries switch to differently-rounding small-matrix kernels for a GEMM with few rows (MKL: fewer
 # than 16, except some sizes). Padding every chunk to at least this many rows keeps each similarity
 # bit-identical whatever the chunk size, so chunking cannot flip a near-tie.
@@ -189,7 +174,7 @@ _MIN_GEMM_ROWS = 16
 
 
 def _iter_topk(
-    query: Tensor, reference: Tensor, k: int, chunk_size: int | None, exclude_self: bool
+    query: Tensor, reference: Tensor, k: int, chunk_size: int, exclude_self: bool
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Yield ``(start, similarities, indices)`` for consecutive chunks of normalised queries."""
     n_query, dim = query.shape
@@ -199,7 +184,6 @@ def _iter_topk(
     while (num_blocks * block) % 16:  # a row length of a multiple of 16 floats keeps the GEMM fast
         num_blocks += 1
     width = num_blocks * block
-    chunk_size = _rows_per_chunk(chunk_size, width, query)
     max_candidates = 8 * k * min(chunk_size, n_query)
     # reference^T padded to a whole number of blocks; padding columns are set to -inf below
     ref_t = torch.zeros(dim, width, dtype=reference.dtype, device=reference.device)
@@ -222,11 +206,9 @@ def _iter_topk(
         yield start, vals, cols
 
 
-def _check_chunk_size(chunk_size: int | None) -> int | None:
-    if chunk_size is None:
-        return None
+def _check_chunk_size(chunk_size: int) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     return chunk_size
 
 
@@ -235,7 +217,7 @@ def nearest_neighbors(
     query: Tensor,
     reference: Tensor | None,
     k: int,
-    chunk_size: int | None = None,
+    chunk_size: int = 1024,
     exclude_self: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The k nearest reference items of each query by cosine similarity, computed in chunks.
@@ -245,7 +227,6 @@ def nearest_neighbors(
         reference: ``(n_ref, dim)`` embeddings, or ``None`` to search the query set itself.
         k: number of neighbours; at most ``n_ref`` (``n_ref - 1`` with ``exclude_self``).
         chunk_size: queries per step; memory per step is about ``chunk_size * n_ref`` floats.
-            ``None``: a block of about 16 MiB on CPU, 256 MiB on an accelerator.
         exclude_self: query ``i`` never retrieves reference ``i`` (leave-one-out). Requires the
             reference to be the query set (``reference=None`` or the same rows in the same order).
 
@@ -446,7 +427,7 @@ def retrieval_metrics(
     reference: Tensor | None = None,
     reference_labels: Tensor | None = None,
     ks: Sequence[int] = (1, 2, 4, 8),
-    chunk_size: int | None = None,
+    chunk_size: int = 1024,
     nmi_seed: int | None = 0,
 ) -> dict[str, float]:
     """P@1, Recall@K, R-Precision, MAP@R and NMI of embeddings under cosine similarity.
@@ -462,8 +443,7 @@ def retrieval_metrics(
             within the query set.
         reference_labels: ``(n_ref,)`` labels; given if and only if ``reference`` is.
         ks: the K of each ``recall_at_{K}``; K larger than the reference size counts every item.
-        chunk_size: queries per similarity block (memory about ``chunk_size * n_ref`` floats);
-            ``None``: a block of about 16 MiB on CPU, 256 MiB on an accelerator.
+        chunk_size: queries per similarity block (memory about ``chunk_size * n_ref`` floats).
         nmi_seed: seed of the k-means behind ``nmi``; ``None`` skips the clustering (no ``nmi`` key).
 
     Returns:

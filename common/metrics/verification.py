@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .retrieval import _as_labels, _check_chunk_size, _normalized_pair, _rows_per_chunk
+from .retrieval import _as_labels, _check_chunk_size, _normalized_pair
 
 __all__ = ["tar_at_far"]
 
@@ -48,11 +48,10 @@ def _max_accepted(far: float, num_negative: int) -> int:
     return m
 
 
-def _pair_blocks(x: Tensor, ids: Tensor, chunk_size: int | None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+def _pair_blocks(x: Tensor, ids: Tensor, chunk_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """For row chunks ``[start, stop)`` x columns ``[start + 1, n)``: the scores, which entries are pairs
     ``i < j``, and which of those are positive (same label)."""
     n = x.shape[0]
-    chunk_size = _rows_per_chunk(chunk_size, n, x)
     for start in range(0, n - 1, chunk_size):
         stop = min(start + chunk_size, n - 1)
         sims = x[start:stop] @ x[start + 1 :].T
@@ -67,7 +66,7 @@ def tar_at_far(
     embeddings: Tensor,
     labels: Tensor,
     fars: Sequence[float] = (1e-2, 1e-3),
-    chunk_size: int | None = None,
+    chunk_size: int = 1024,
 ) -> dict[str, float]:
     """TAR at each FAR over all distinct pairs of ``embeddings`` (cosine similarity).
 

@@ -289,19 +289,6 @@ def test_chunk_size_does_not_change_results():
         assert torch.equal(sims, neighbors[0][0])
 
 
-def test_default_chunks_fill_a_cache_sized_block_and_change_nothing(monkeypatch):
-    x, y = clustered(250, 8, 16, noise=1.5, seed=6)
-    assert retrieval_module._rows_per_chunk(None, 20_000, x) == (16 << 20) // (4 * 20_000)
-    assert retrieval_module._rows_per_chunk(None, 10**7, x) == 16, "never fewer rows than the GEMM minimum"
-    assert retrieval_module._rows_per_chunk(64, 20_000, x) == 64
-    monkeypatch.setitem(retrieval_module._BLOCK_BYTES, "cpu", 4 * 256 * 20)  # 20 rows of 256 floats
-    assert retrieval_module._rows_per_chunk(None, 256, x) == 20
-    assert retrieval_metrics(x, y) == retrieval_metrics(x, y, chunk_size=7)
-    sims, idx = nearest_neighbors(x, None, 40, exclude_self=True)
-    ref_sims, ref_idx = nearest_neighbors(x, None, 40, len(x), exclude_self=True)
-    assert torch.equal(idx, ref_idx) and torch.equal(sims, ref_sims)
-
-
 def test_chunk_size_does_not_change_results_with_ties():
     x = tied_embeddings(300, 12, seed=1)
     y = torch.randint(0, 15, (300,), generator=torch.Generator().manual_seed(0))
