@@ -14,14 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Fashion-MNIST from Debian's package, where apt is available (else prepare downloads the official files).
+# Debian packages, where apt is available: Fashion-MNIST (else the prepare stage downloads the official
+# files) and Chromium, which the MLflow UI test drives (skipped without it).
 system-packages:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium chromium-driver"; \
+	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || \
-	  echo "note: could not install dataset-fashion-mnist; the prepare stage will try the official download"; \
+	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null || \
+	  echo "note: could not install$$missing; prepare will try the official download, the browser test is skipped"; \
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) >/dev/null || true; \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq $$missing) >/dev/null || true; \
 	fi
 
 # The stages run `python -m ...`: the venv's python must come first on PATH.

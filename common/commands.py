@@ -303,10 +303,14 @@ def experiment_links(base: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _terminated_on_exit(process: subprocess.Popen) -> Iterator[None]:
-    """Stop the server's whole process group (mlflow starts uvicorn under it) however we leave."""
+def _stopped_on_exit(process: subprocess.Popen) -> Iterator[None]:
+    """Stop the server however we leave: Ctrl-C reaches it with us (it shares our process group), a SIGTERM
+    to us is passed on (``mlflow ui`` forwards both to the uvicorn server it starts)."""
+
+    terminated = []
 
     def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
@@ -314,15 +318,18 @@ def _terminated_on_exit(process: subprocess.Popen) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        # after Ctrl-C the server got the SIGINT too and is stopping: give it time; else ask it to
+        steps = (
+            (None, process.terminate, process.kill) if not terminated else (process.terminate, process.kill)
+        )
+        for stop in steps:
+            if process.poll() is not None:
+                break
+            if stop is not None:
+                stop()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+        process.wait()
 
 
 def serve_ui(host: str, port: int, open_browser: bool = False, start_timeout_s: float = 180.0) -> None:
@@ -338,9 +345,8 @@ def serve_ui(host: str, port: int, open_browser: bool = False, start_timeout_s: 
     command = [executable("mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     command += ["--workers", "1"]
     print(f"starting mlflow ui on {base} (store {uri}) ...", flush=True)
-    # its own process group, so that stopping it stops the workers it starts
-    process = subprocess.Popen(command, cwd=repo_root(), start_new_session=True)
-    with _terminated_on_exit(process):
+    process = subprocess.Popen(command, cwd=repo_root())
+    with _stopped_on_exit(process):
         deadline = time.monotonic() + start_timeout_s
         while not _answers(f"{base}/health"):
             if process.poll() is not None:
@@ -360,5 +366,5 @@ def serve_ui(host: str, port: int, open_browser: bool = False, start_timeout_s: 
         except KeyboardInterrupt:
             print("stopping mlflow ui", file=sys.stderr)
             return
-    if process.returncode not in (0, -signal.SIGTERM):
+    if process.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
         raise ConfigError(f"mlflow ui stopped with status {process.returncode}; its messages are above")
