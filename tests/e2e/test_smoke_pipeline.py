@@ -72,8 +72,8 @@ def test_every_row_traces_to_a_finished_mlflow_run(smoke_repo):
         assert f"`{provenance['mlflow_run_id'][:8]}`" in report
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "record")]
         assert artifacts == ["record/seed0.json"]
-        report = sorted(a.path for a in client.list_artifacts(run.info.run_id, "report"))
-        assert report == [f"report/{name}" for name in REPORT_FILES], "the report stage attaches its report"
+        attached = sorted(a.path for a in client.list_artifacts(run.info.run_id, "report"))
+        assert attached == [f"report/{name}" for name in REPORT_FILES], "the report stage attaches its report"
 
 
 def test_nothing_is_stale_and_a_second_repro_does_nothing(smoke_repo):
