@@ -25,16 +25,17 @@ from common.tracking.mlflow_tracking import (
 
 
 def log_report_artifacts(
-    run_ids: Iterable[str], files: Iterable[Path], artifact_path: str = "report", uri: str | None = None
+    run_ids: Iterable[str], files: Iterable[tuple[Path, str]], uri: str | None = None
 ) -> str:
-    """Attach ``files`` to every run of ``run_ids`` that the store holds, under ``artifact_path``; one line back.
+    """Attach ``files`` (local path, artifact folder) to every run of ``run_ids`` that the store holds; one
+    line back.
 
     The store mirrors the records, it is not their source: a SQLite store that does not exist (a clean clone)
     is not created, runs it does not hold are counted, and a store that cannot be reached is a warning in the
     returned line rather than an error, so the report itself never fails on MLflow.
     """
     uri = uri or tracking_uri()
-    run_ids, files = sorted(set(run_ids)), [Path(f) for f in files]
+    run_ids, files = sorted(set(run_ids)), [(Path(f), folder) for f, folder in files]
     if urlparse(uri).scheme == "sqlite":
         database = _sqlite_path(uri)
         if database is not None and not database.is_file():
@@ -53,12 +54,17 @@ def log_report_artifacts(
                     raise
                 absent += 1
                 continue
-            for path in files:
-                _retry(lambda run_id=run_id, path=path: client.log_artifact(run_id, str(path), artifact_path))
+            for path, folder in files:
+                _retry(
+                    lambda run_id=run_id, path=path, folder=folder: client.log_artifact(
+                        run_id, str(path), folder
+                    )
+                )
             logged += 1
     except (MlflowException, OSError) as err:
         return f"warning: the report was not attached to its MLflow runs in {uri}: {_first_line(err)}"
-    line = f"MLflow: {len(files)} report file(s) attached to {logged} run(s) under {artifact_path}/"
+    folders = sorted({folder.split("/")[0] for _, folder in files})
+    line = f"MLflow: {len(files)} report file(s) attached to {logged} run(s) under {', '.join(folders)}/"
     if absent:
         line += f"; {absent} run(s) of the records are not in {uri}"
     return line

@@ -17,7 +17,7 @@ def _files(tmp_path):
     report.write_text("# a report\n")
     figure = tmp_path / "training_loss.png"
     figure.write_bytes(b"\x89PNG\r\n\x1a\n")
-    return [report, figure]
+    return [(report, "report"), (figure, "report/figures/paper")]
 
 
 def test_the_report_goes_to_every_run_the_store_holds(tmp_path):
@@ -32,8 +32,12 @@ def test_the_report_goes_to_every_run_the_store_holds(tmp_path):
         == f"MLflow: 2 report file(s) attached to 2 run(s) under report/; 1 run(s) of the records are not in {uri}"
     )
     for run_id in run_ids:
-        listed = sorted(a.path for a in client.list_artifacts(run_id, "report"))
-        assert listed == ["report/paper.md", "report/training_loss.png"]
+        assert [a.path for a in client.list_artifacts(run_id, "report")] == [
+            "report/figures",
+            "report/paper.md",
+        ]
+        figures = [a.path for a in client.list_artifacts(run_id, "report/figures/paper")]
+        assert figures == ["report/figures/paper/training_loss.png"]
     # again (the report stage reran): the same files, replaced
     assert log_report_artifacts(run_ids, _files(tmp_path), uri=uri).startswith("MLflow: 2 report file(s)")
     assert len(client.list_artifacts(run_ids[0], "report")) == 2
