@@ -14,16 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Debian's packages, where apt is available: Fashion-MNIST (else prepare downloads the official files) and
-# PostgreSQL (the team-server test starts one; it is skipped without it).
+# Debian's packages, where apt is available: Fashion-MNIST (else prepare downloads the official files),
+# PostgreSQL (the team-server test starts one) and Chromium (the MLflow UI test drives it); the tests that
+# need a missing one are skipped, saying why.
 system-packages:
 	@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium chromium-driver"; \
 	if [ -z "$$missing" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null || \
-	  echo "note: could not install$$missing; without dataset-fashion-mnist the prepare stage tries the official download, without postgresql the team-server test is skipped"; \
+	  echo "note: could not install$$missing; without dataset-fashion-mnist the prepare stage tries the official download, without postgresql or chromium their tests are skipped"; \
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq $$missing) >/dev/null || true; \
 	fi

@@ -1,6 +1,9 @@
 """``repro``: the commands the DVC stages run, and that a researcher runs by hand.
 
-    repro papers                     list the papers and their claim verdicts
+    repro papers                     list the papers, their claim verdicts and whether each report is current
+    repro reproduce PAPER            rebuild one paper: `dvc repro report-PAPER` (its runs first if needed)
+    repro show PAPER                 print the paper's results tables and claim verdicts in the terminal
+    repro ui [--port N]              start `mlflow ui` on the runs' store and print its address
     repro prepare DATASET            raw source -> data/prepared/DATASET (python -m common.data.prepare)
     repro run PAPER [--dataset D]    train and evaluate a paper's runs (python -m common.runner)
     repro report PAPER               records -> reports/PAPER.md (python -m common.report.build)
@@ -22,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from common.config import PROFILES
 from common.errors import run_command
 from common.params import ConfigError
 
@@ -44,17 +48,44 @@ def _dvc_yaml(args: argparse.Namespace) -> None:
 
 
 def _papers(args: argparse.Namespace) -> None:
+    from common.commands import paper_status, render_table
     from common.paper import all_papers, load_paper
 
-    for slug in all_papers():
+    slugs = all_papers()
+    status = {} if args.no_status else paper_status(slugs)
+    rows = [["paper", "venue", "claims", *([] if args.no_status else ["report"]), "title"]]
+    for slug in slugs:
         meta = load_paper(slug)
         summary = Path("reports") / f"{slug}.json"
-        status = "no report yet"
+        verdicts_text = "no report yet"
         if summary.is_file():
             claims = json.loads(summary.read_text())["claims"]
             verdicts = [c["verdict"] for c in claims]
-            status = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
-        print(f"{slug:24s} {meta.venue:12s} {status}   {meta.title}")
+            verdicts_text = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
+        report = [] if args.no_status else [status[slug] if summary.is_file() else "-"]
+        rows.append([slug, meta.venue, verdicts_text, *report, meta.title])
+    print("\n".join(render_table(rows, width=10_000)))
+    if status.get(""):
+        print(status[""])
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from common.commands import reproduce, reproduce_command
+
+    sets = [*([f"profile={args.profile}"] if args.profile else []), *args.set]
+    reproduce(reproduce_command(args.paper, args.dataset, sets, force=args.force, dry=args.dry))
+
+
+def _show(args: argparse.Namespace) -> None:
+    from common.commands import show_report
+
+    print(show_report(args.paper, width=args.width, runs=args.runs, claims=not args.no_claims))
+
+
+def _ui(args: argparse.Namespace) -> None:
+    from common.commands import serve_ui
+
+    serve_ui(args.host, args.port, open_browser=args.open)
 
 
 def _check_reports(args: argparse.Namespace) -> None:
@@ -125,8 +156,70 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("papers", nargs="*", metavar="PAPER", help="only these papers (default: every one)")
     p.set_defaults(func=_mirror)
 
-    p = sub.add_parser("papers", help="list the papers and their claim verdicts")
+    p = sub.add_parser(
+        "papers",
+        help="list the papers, their claim verdicts and whether each report is current",
+        description="List every paper (papers/*/paper.yaml) with its claim verdicts and, from `dvc status`, "
+        "whether its report is current or which of its stages are stale.",
+    )
+    p.add_argument("--no-status", action="store_true", help="skip the `dvc status` check (a few seconds)")
     p.set_defaults(func=_papers)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="rebuild one paper's report through DVC (`dvc repro report-PAPER`)",
+        description="Run one paper's stages through DVC: `dvc repro report-PAPER` runs its run stages (train "
+        "and evaluate every method x seed whose record is missing or stale) and then its report, preparing "
+        "the data first if needed. Parameter changes go through `dvc exp run -S KEY=VALUE` (they stay in "
+        "params.yaml, and the records and report of that run replace the workspace's; `dvc exp show` lists "
+        "them). Progress bars show the runs and the batches of each epoch.",
+    )
+    p.add_argument("paper", help="e.g. multi_similarity (`repro papers` lists them)")
+    p.add_argument("--dataset", help="only this dataset's runs (`dvc repro run-PAPER-DATASET`), no report")
+    p.add_argument("--profile", choices=PROFILES, help="run on this profile: `dvc exp run -S profile=...`")
+    p.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a parameter for this run: `dvc exp run -S KEY=VALUE` (repeatable)",
+    )
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="rerun the stages even if DVC sees no change (runs whose record matches the config and code are "
+        "still skipped: delete records/PAPER to train again)",
+    )
+    p.add_argument("--dry", action="store_true", help="only print the stages DVC would run")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser(
+        "show",
+        help="print a paper's results tables and claim verdicts in the terminal",
+        description="Print the results tables (mean ± 95%% interval over seeds, in %%) and the claim verdicts "
+        "of reports/PAPER.md, aligned to the terminal's width.",
+    )
+    p.add_argument("paper", help="e.g. multi_similarity")
+    p.add_argument("--runs", action="store_true", help="add the MLflow run ids of each row")
+    p.add_argument("--no-claims", action="store_true", help="only the results tables")
+    p.add_argument("--width", type=int, help="wrap tables at this width (default: the terminal's)")
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser(
+        "ui",
+        help="start `mlflow ui` on the runs' store and print its address",
+        description="Start `mlflow ui` on the store the runs are logged to (MLFLOW_TRACKING_URI, else "
+        "mlflow.db at the repository root), wait until it answers, print its address and one link per "
+        "paper's experiment, and serve until Ctrl-C.",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)"
+    )
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument("--open", action="store_true", help="also open it in the default web browser")
+    p.set_defaults(func=_ui)
     return top
 
 

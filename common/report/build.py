@@ -440,6 +440,23 @@ def build_index(reports_root: Path = Path("reports")) -> Path:
     return path
 
 
+def attach_to_runs(slug: str, report_path: Path, records_root: Path = Path("records")) -> str:
+    """Log the report and its figures as artifacts of the paper's MLflow runs (those the store holds), laid out
+    as in ``reports/`` (and as ``repro mirror`` lays them out): ``report/<slug>.md``, ``report/figures/<slug>/``."""
+    from common.tracking.report_artifacts import log_report_artifacts
+
+    run_ids = [r["provenance"]["mlflow_run_id"] for r in read_paper_records(records_root, slug)]
+    figures = sorted((report_path.parent / "figures" / slug).glob("*.png"))
+    files = [(report_path, "report"), *((figure, f"report/figures/{slug}") for figure in figures)]
+    return log_report_artifacts(run_ids, files)
+
+
+def _report(slug: str, params_path: Path) -> None:
+    path = build_report(slug, params_path=params_path)
+    print(path)
+    print(attach_to_runs(slug, path))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m common.report.build",
@@ -452,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.index:
         return run_command("index", lambda: print(build_index()))
-    return run_command("report", lambda: print(build_report(args.paper, params_path=Path(args.params))))
+    return run_command("report", lambda: _report(args.paper, Path(args.params)))
 
 
 if __name__ == "__main__":

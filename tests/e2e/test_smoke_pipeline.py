@@ -20,6 +20,8 @@ from common.report.build import DATASET_NOTES
 from tests.conftest import REPO
 from tests.e2e.conftest import BIN, DATASETS, METHODS, PAPER_PARAMS, git
 
+FIGURES = ("recall_at_k.png", "similarities.png", "training_loss.png")
+
 
 def test_smoke_repro_writes_the_report_and_index(smoke_repo):
     repo, _, seconds = smoke_repo
@@ -76,6 +78,12 @@ def test_every_row_traces_to_a_finished_mlflow_run(smoke_repo):
         assert f"`{provenance['mlflow_run_id'][:8]}`" in report
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "record")]
         assert artifacts == ["record/seed0.json"]
+        attached = [a.path for a in client.list_artifacts(run.info.run_id, "report")]
+        assert attached == ["report/figures", "report/multi_similarity.md"], (
+            "the report stage attaches its report"
+        )
+        figures = [a.path for a in client.list_artifacts(run.info.run_id, "report/figures/multi_similarity")]
+        assert figures == [f"report/figures/multi_similarity/{name}" for name in FIGURES]
 
 
 def test_nothing_is_stale_and_a_second_repro_does_nothing(smoke_repo):

@@ -1,0 +1,370 @@
+"""What a researcher does by hand on top of the pipeline: reproduce one paper, read its tables in the terminal,
+open the MLflow UI, see which reports are stale. The ``repro`` subcommands of the same names call these.
+
+Nothing here is a second pipeline: ``reproduce`` runs ``dvc repro`` (or ``dvc exp run``) on the paper's stage,
+``show`` reads the report that stage wrote, ``ui`` starts ``mlflow ui`` on the store the runs were logged to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from common.params import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# executables beside this Python (the venv), which the DVC stages also need first on PATH
+# --------------------------------------------------------------------------------------------
+
+
+def executable(name: str) -> str:
+    """``name`` from this interpreter's bin directory (the venv), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigError(f"`{name}` is not installed here; run `make` (or `pip install -e .`) first")
+    return found
+
+
+def stage_env() -> dict[str, str]:
+    """The environment for ``dvc``: the stages run ``python -m ...``, which must be this venv's python."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# repro reproduce PAPER
+# --------------------------------------------------------------------------------------------
+
+
+def _dvc_stages(dvc_yaml: Path) -> list[str]:
+    import yaml
+
+    if not dvc_yaml.is_file():
+        raise ConfigError(f"{dvc_yaml} does not exist: run `repro` from the repository root")
+    return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
+
+
+def reproduce_command(
+    paper: str,
+    dataset: str | None = None,
+    sets: Sequence[str] = (),
+    force: bool = False,
+    dry: bool = False,
+    dvc_yaml: Path = Path("dvc.yaml"),
+) -> list[str]:
+    """The DVC command that rebuilds one paper: ``dvc repro report-PAPER`` (or one dataset's run stage).
+
+    Parameter changes (``sets``, e.g. ``profile=smoke``) go through ``dvc exp run -S``, as the README does.
+    """
+    from common.paper import load_paper
+    from common.pipeline import report_stage, run_stage
+
+    load_paper(paper)  # an unknown paper names the known ones
+    stages = _dvc_stages(dvc_yaml)
+    target = run_stage(paper, dataset) if dataset else report_stage(paper)
+    if target not in stages:
+        if dataset:
+            known = sorted(s.removeprefix(f"run-{paper}-") for s in stages if s.startswith(f"run-{paper}-"))
+            raise ConfigError(
+                f"{paper} has no dataset {dataset!r} in {dvc_yaml} (its datasets: {', '.join(known) or 'none'}); "
+                "after adding one to params.yaml run `repro dvc-yaml`"
+            )
+        raise ConfigError(
+            f"{dvc_yaml} has no stage {target}: the paper was added after dvc.yaml was written; "
+            "run `repro dvc-yaml` (and commit dvc.yaml)"
+        )
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set profile=smoke")
+    dvc = executable("dvc")
+    if sets:
+        command = [dvc, "exp", "run", *(a for item in sets for a in ("-S", item))]
+    else:
+        command = [dvc, "repro"]
+    return [*command, *(["--force"] if force else []), *(["--dry"] if dry else []), target]
+
+
+def reproduce(command: Sequence[str]) -> None:
+    """Run the DVC command with this venv first on PATH; its output (and the runs' progress bars) pass through."""
+    shown = " ".join(["dvc", *command[1:]])
+    print(f"repro: {shown}", flush=True)
+    returncode = subprocess.run(list(command), env=stage_env()).returncode
+    if returncode == 130 or returncode == -signal.SIGINT:
+        raise KeyboardInterrupt
+    if returncode != 0:
+        raise ConfigError(f"`{shown}` failed with exit status {returncode}; DVC's messages are above")
+
+
+# --------------------------------------------------------------------------------------------
+# repro show PAPER
+# --------------------------------------------------------------------------------------------
+
+
+def _sections(markdown: str) -> list[tuple[str, list[str]]]:
+    """(heading, lines under it) for every ``#``-heading of a markdown text, in order."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            sections.append((line, []))
+        else:
+            sections[-1][1].append(line)
+    return sections
+
+
+def _cells(line: str) -> list[str]:
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    return [re.sub(r"\*\*|`", "", c) for c in cells]
+
+
+def _table(lines: Sequence[str]) -> list[list[str]]:
+    """The first markdown table in ``lines``: header and rows (the ``|---|`` line dropped)."""
+    rows = [_cells(line) for line in lines if line.startswith("|")]
+    return [row for row in rows if not all(set(c) <= set("-: ") for c in row)]
+
+
+def render_table(rows: Sequence[Sequence[str]], width: int) -> list[str]:
+    """Columns aligned; a table wider than ``width`` is cut into several, each repeating the first column."""
+    if not rows:
+        return []
+    n = max(len(r) for r in rows)
+    rows = [list(r) + [""] * (n - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    groups: list[list[int]] = [[]]
+    used = widths[0]
+    for i in range(1, n):
+        if groups[-1] and used + 2 + widths[i] > width:
+            groups.append([])
+            used = widths[0]
+        groups[-1].append(i)
+        used += 2 + widths[i]
+    out: list[str] = []
+    for k, group in enumerate(groups):
+        if k:
+            out.append("")
+        columns = [0, *group]
+        for j, row in enumerate(rows):
+            out.append("  ".join(row[i].ljust(widths[i]) for i in columns).rstrip())
+            if j == 0:
+                out.append("  ".join("-" * widths[i] for i in columns))
+    return out
+
+
+def show_report(
+    paper: str,
+    reports_root: Path = Path("reports"),
+    width: int | None = None,
+    runs: bool = False,
+    claims: bool = True,
+) -> str:
+    """The report's results tables (and claim verdicts) as aligned text, from ``reports/PAPER.md``."""
+    from common.paper import load_paper
+
+    meta = load_paper(paper)
+    path = reports_root / f"{paper}.md"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist yet: build it with `repro reproduce {paper}`")
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    summary_path = reports_root / f"{paper}.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    lines = [meta.title, f"{meta.authors}, {meta.venue}"]
+    if summary:
+        lines.append(f"profile {summary['profile']}, seeds {summary['seeds']}; the full report: {path}")
+    in_results = False
+    for heading, body in _sections(path.read_text()):
+        if heading.startswith("## "):
+            in_results = heading == "## Results"
+            if in_results:
+                text = next((b for b in body if b.strip()), "")
+                lines += ["", text.split(". ")[0] + "." if text else ""]
+        elif heading.startswith("### ") and in_results:
+            table = _table(body)
+            if table and not runs and table[0][-1] == "MLflow runs":
+                table = [row[:-1] for row in table]
+            lines += ["", heading.removeprefix("### "), ""]
+            lines += render_table(table, width)
+    if claims and summary.get("claims"):
+        lines += ["", "Claims (verdict from the 95% interval of the per-seed difference better - worse)", ""]
+        lines += render_table(_claims_table(summary["claims"]), width)
+        texts = {c["claim"]: c["text"] for c in summary["claims"] if "text" in c}
+        lines += ["", *(f"  {key}: {text}" for key, text in texts.items())]
+    return "\n".join(lines)
+
+
+def _claims_table(claims: Sequence[dict]) -> list[list[str]]:
+    from common.report.stats import Interval
+
+    rows = [["claim", "dataset", "metric", "better", "worse", "difference", "verdict"]]
+    for c in claims:
+        if "difference" not in c:
+            rows.append([c["claim"], c["dataset"], "", "", "", "", f"{c['verdict']} ({c.get('why', '')})"])
+            continue
+        cells = [Interval(**c[k]).format() for k in ("better", "worse", "difference")]
+        rows.append([c["claim"], c["dataset"], c["metric"], *cells, c["verdict"]])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# repro papers: the status column
+# --------------------------------------------------------------------------------------------
+
+
+def paper_status(slugs: Sequence[str]) -> dict[str, str]:
+    """Per paper: ``current``, or ``stale: <stages>`` from ``dvc status`` (read as ``check-reports`` reads it)."""
+    from common.staleness import stale_stages
+
+    try:
+        stale = stale_stages(dvc=executable("dvc"))
+    except (subprocess.CalledProcessError, OSError, ValueError) as err:
+        reason = err.stderr.strip().splitlines()[-1] if getattr(err, "stderr", None) else str(err)
+        return dict.fromkeys(slugs, f"unknown ({reason[:80]})")
+    result = {}
+    for slug in slugs:
+        mine = sorted(s for s in stale if s == f"report-{slug}" or s.startswith(f"run-{slug}-"))
+        result[slug] = f"stale: {', '.join(mine)}" if mine else "current"
+    prepare = sorted(s for s in stale if s.startswith("prepare-"))
+    if prepare:
+        result[""] = f"stale data preparation: {', '.join(prepare)} (every paper on that dataset reruns)"
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# repro ui
+# --------------------------------------------------------------------------------------------
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {err.strerror or err} (another `repro ui` or `mlflow ui`?); "
+                "choose another port with --port"
+            ) from err
+
+
+def ui_store() -> str:
+    """The store ``mlflow ui`` should show: the one the runs are logged to; an error if it does not exist."""
+    from urllib.parse import urlparse
+
+    from common.tracking.mlflow_tracking import _sqlite_path, tracking_uri
+
+    uri = tracking_uri()
+    if urlparse(uri).scheme == "sqlite":
+        database = _sqlite_path(uri)
+        if database is not None and not database.is_file():
+            raise ConfigError(
+                f"no MLflow store at {database}: the runs are logged there when a paper's stages run "
+                "(`repro reproduce PAPER`); set MLFLOW_TRACKING_URI if they went elsewhere"
+            )
+    return uri
+
+
+def experiment_links(base: str) -> list[str]:
+    """``name: URL`` of every experiment the server at ``base`` holds (one line each)."""
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/experiments/search",
+        data=json.dumps({"max_results": 1000}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            experiments = json.load(response).get("experiments", [])
+    except (OSError, ValueError):
+        return []
+    return [
+        f"  {e['name']}: {base}/#/experiments/{e['experiment_id']}"
+        for e in sorted(experiments, key=lambda e: e["name"])
+        if e["name"] != "Default"
+    ]
+
+
+@contextlib.contextmanager
+def _stopped_on_exit(process: subprocess.Popen) -> Iterator[None]:
+    """Stop the server however we leave: Ctrl-C reaches it with us (it shares our process group), a SIGTERM
+    to us is passed on (``mlflow ui`` forwards both to the uvicorn server it starts)."""
+
+    terminated = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        # after Ctrl-C the server got the SIGINT too and is stopping: give it time; else ask it to
+        steps = (
+            (None, process.terminate, process.kill) if not terminated else (process.terminate, process.kill)
+        )
+        for stop in steps:
+            if process.poll() is not None:
+                break
+            if stop is not None:
+                stop()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+        process.wait()
+
+
+def serve_ui(host: str, port: int, open_browser: bool = False, start_timeout_s: float = 180.0) -> None:
+    """Start ``mlflow ui`` on the runs' store, print its address once it answers, serve until Ctrl-C."""
+    from common.tracking.provenance import repo_root
+
+    uri = ui_store()
+    if uri.startswith(("http://", "https://")):
+        print(f"the runs are logged to the MLflow server {uri}: open it in a browser")
+        return
+    _check_port(host, port)
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    command = [executable("mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    command += ["--workers", "1"]
+    print(f"starting mlflow ui on {base} (store {uri}) ...", flush=True)
+    process = subprocess.Popen(command, cwd=repo_root())
+    with _stopped_on_exit(process):
+        deadline = time.monotonic() + start_timeout_s
+        while not _answers(f"{base}/health"):
+            if process.poll() is not None:
+                raise ConfigError(
+                    f"mlflow ui exited with status {process.returncode}; its messages are above"
+                )
+            if time.monotonic() > deadline:
+                raise ConfigError(f"mlflow ui did not answer on {base} within {start_timeout_s:.0f} s")
+            time.sleep(0.5)
+        print(f"MLflow UI: {base}", *experiment_links(base), "Ctrl-C stops it.", sep="\n", flush=True)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(base)
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            print("stopping mlflow ui", file=sys.stderr)
+            return
+    if process.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+        raise ConfigError(f"mlflow ui stopped with status {process.returncode}; its messages are above")

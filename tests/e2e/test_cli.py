@@ -1,0 +1,67 @@
+"""The hand-run `repro` commands on the smoke repository that one real `dvc repro` built (conftest.py):
+`papers` says which reports are current and which stages are stale, `reproduce` is `dvc repro` of the
+paper's report stage (nothing to do here, as nothing changed), `show` prints the report's tables."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.e2e.conftest import BIN, PAPER_PARAMS
+
+pytestmark = pytest.mark.e2e
+
+
+def _repro(repo, env, *args: str) -> subprocess.CompletedProcess:
+    # `python -m` from the copy's root runs the copy's code, as its DVC stages do
+    return subprocess.run(
+        [str(BIN / "python"), "-m", "common.cli", *args], cwd=repo, env=env, capture_output=True, text=True
+    )
+
+
+def test_papers_lists_each_paper_with_its_verdicts_and_report_status(smoke_repo):
+    repo, env, _ = smoke_repo
+    result = _repro(repo, env, "papers")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == ["paper", "venue", "claims", "report", "title"]
+    for paper in ("multi_similarity", "circle_loss", "arcface", "protonets"):
+        row = next(re.split(r"\s{2,}", line) for line in lines if line.startswith(f"{paper} "))
+        assert row[3] == "current", row
+        assert "inconclusive" in row[2], "one seed decides no claim"
+
+    loss = repo / "common" / "losses" / "multi_similarity.py"
+    original = loss.read_text()
+    try:
+        loss.write_text(original + "\n# an edit\n")
+        edited = _repro(repo, env, "papers")
+    finally:
+        loss.write_text(original)
+    row = next(line for line in edited.stdout.splitlines() if line.startswith("multi_similarity "))
+    assert "stale: run-multi_similarity-fashion_mnist, run-multi_similarity-omniglot" in row
+    assert "current" in next(line for line in edited.stdout.splitlines() if line.startswith("arcface "))
+
+
+def test_reproduce_runs_dvc_repro_of_the_report_stage(smoke_repo):
+    repo, env, _ = smoke_repo
+    result = _repro(repo, env, "reproduce", "multi_similarity")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.startswith("repro: dvc repro report-multi_similarity\n")
+    assert "Running stage" not in result.stdout, "nothing changed since the smoke repro"
+    dry = _repro(repo, env, "reproduce", "multi_similarity", "--dataset", "omniglot", "--dry")
+    assert dry.returncode == 0 and dry.stdout.startswith(
+        "repro: dvc repro --dry run-multi_similarity-omniglot\n"
+    )
+
+
+def test_show_prints_the_reports_tables(smoke_repo):
+    repo, env, _ = smoke_repo
+    result = _repro(repo, env, "show", "multi_similarity", "--width", "200")
+    assert result.returncode == 0, result.stderr
+    assert "profile smoke, seeds [0]" in result.stdout
+    for method in PAPER_PARAMS["methods"].values():
+        rows = [line for line in result.stdout.splitlines() if line.startswith(f"{method['label']}  ")]
+        assert len(rows) == 2, method["label"]  # one per dataset
+        assert all(re.search(r"\d+\.\d \(n=1\)", row) for row in rows)

@@ -1,0 +1,185 @@
+"""`repro reproduce`, `show`, `ui` and `papers`: what they run, what they print, and their errors (one line
+each, exit status 2, no traceback). Their runs against a real smoke repository are in tests/e2e/test_cli.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common import commands
+from common.commands import render_table, reproduce, reproduce_command, show_report
+from common.params import ConfigError
+from tests.conftest import REPO
+
+PYTHON = sys.executable
+
+
+def _repro(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "common.cli", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_reproduce_is_dvc_repro_of_the_papers_report_stage(monkeypatch):
+    monkeypatch.chdir(REPO)
+    dvc = commands.executable("dvc")
+    assert reproduce_command("multi_similarity") == [dvc, "repro", "report-multi_similarity"]
+    assert reproduce_command("multi_similarity", "omniglot", force=True, dry=True) == [
+        dvc,
+        "repro",
+        "--force",
+        "--dry",
+        "run-multi_similarity-omniglot",
+    ]
+    assert reproduce_command("arcface", sets=["profile=smoke", "arcface.train.optimizer.lr=0.01"]) == [
+        dvc,
+        "exp",
+        "run",
+        "-S",
+        "profile=smoke",
+        "-S",
+        "arcface.train.optimizer.lr=0.01",
+        "report-arcface",
+    ]
+
+
+def test_reproduce_names_what_is_wrong(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match="no such paper; papers with a paper.yaml: arcface, circle_loss"):
+        reproduce_command("nope")
+    with pytest.raises(ConfigError, match=r"no dataset 'mnist' .*its datasets: fashion_mnist, omniglot"):
+        reproduce_command("multi_similarity", "mnist")
+    with pytest.raises(ConfigError, match="--set 'profile': expected KEY=VALUE"):
+        reproduce_command("multi_similarity", sets=["profile"])
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text("stages:\n  index: {cmd: 'true'}\n")
+    with pytest.raises(ConfigError, match=r"has no stage report-arcface: .* run `repro dvc-yaml`"):
+        reproduce_command("arcface", dvc_yaml=stale)
+
+
+def test_reproduce_passes_dvcs_output_through_and_fails_with_its_status(tmp_path, capfd, monkeypatch):
+    fake = tmp_path / "dvc"
+    fake.write_text('#!/bin/sh\necho "dvc got: $*"\necho "python: $(command -v python)"\nexit "$EXIT"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("EXIT", "0")
+    reproduce([str(fake), "repro", "report-x"])
+    out = capfd.readouterr().out
+    assert out.startswith("repro: dvc repro report-x\ndvc got: repro report-x\n")
+    assert f"python: {Path(sys.executable).parent}/python" in out, "the stages get this venv's python"
+    monkeypatch.setenv("EXIT", "3")
+    with pytest.raises(ConfigError, match=r"`dvc repro report-x` failed with exit status 3"):
+        reproduce([str(fake), "repro", "report-x"])
+
+
+def test_render_table_aligns_and_splits_a_wide_table_repeating_the_first_column():
+    rows = [["method", "R@1", "MAP@R"], ["MS", "53.2 ± 6.2", "21.1 ± 5.0"], ["Contrastive", "60.2", "26.4"]]
+    assert render_table(rows, width=200) == [
+        "method       R@1         MAP@R",
+        "-----------  ----------  ----------",
+        "MS           53.2 ± 6.2  21.1 ± 5.0",
+        "Contrastive  60.2        26.4",
+    ]
+    narrow = render_table(rows, width=25)
+    assert narrow[:4] == [
+        "method       R@1",
+        "-----------  ----------",
+        "MS           53.2 ± 6.2",
+        "Contrastive  60.2",
+    ]
+    assert narrow[4] == "" and narrow[5] == "method       MAP@R"
+    assert all(len(line) <= 25 for line in narrow)
+
+
+def test_show_prints_every_row_of_the_committed_report():
+    report = (REPO / "reports" / "multi_similarity.md").read_text()
+    text = show_report("multi_similarity", reports_root=REPO / "reports", width=250)
+    assert text.startswith("Multi-Similarity Loss with General Pair Weighting")
+    shown = [re.split(r"\s{2,}", line) for line in text.splitlines()]
+    rows = [_md_cells(line) for line in report.split("## Claims")[0].splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 * 6  # a header and five methods, per dataset
+    for row in rows:
+        assert row[:-1] in shown, row  # the MLflow runs column is left out
+    for dataset in ("omniglot", "fashion_mnist"):
+        assert f"\n{dataset}\n" in text
+    assert ["ms_over_contrastive", "omniglot", "recall_at_1"] == shown[
+        shown.index(["claim", "dataset", "metric", "better", "worse", "difference", "verdict"]) + 2
+    ][:3]
+    assert "ms_over_contrastive: MS loss > contrastive loss" in text
+    assert "`" not in text and "**" not in text
+    with_runs = show_report("multi_similarity", reports_root=REPO / "reports", width=250, runs=True)
+    assert "MLflow runs" in with_runs and "MLflow runs" not in text
+    narrow = show_report("multi_similarity", reports_root=REPO / "reports", width=80)
+    assert all(len(line) <= 80 for line in narrow.splitlines() if "±" in line)
+
+
+def _md_cells(line: str) -> list[str]:
+    return [c.strip().replace("`", "") for c in line.strip().strip("|").split("|")]
+
+
+def test_show_without_a_report_says_how_to_build_it(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"reports/arcface.md does not exist yet: build it with `repro reproduce arcface`"
+    ):
+        show_report("arcface", reports_root=tmp_path / "reports")
+
+
+def test_ui_without_a_store_says_where_runs_go(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["DVC_ROOT"] = str(tmp_path)  # the store's home: the repository root (no mlflow.db there)
+    result = _repro("ui", env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"repro ui: error: no MLflow store at {tmp_path}/mlflow.db: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_ui_on_a_busy_port_says_so(tmp_path, monkeypatch):
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(
+            ConfigError, match=rf"cannot listen on 127.0.0.1:{port}: .*choose another port with --port"
+        ):
+            commands.serve_ui("127.0.0.1", port)
+
+
+def test_ui_on_a_tracking_server_points_to_it(capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    commands.serve_ui("127.0.0.1", 5000)
+    assert "the runs are logged to the MLflow server http://mlflow.example:5000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reproduce", "nope"], "repro reproduce: error: "),
+        (["show", "nope"], "repro show: error: "),
+        (
+            ["reproduce", "multi_similarity", "--dataset", "mnist"],
+            "repro reproduce: error: multi_similarity has no dataset",
+        ),
+    ],
+)
+def test_errors_are_one_message_without_a_traceback(args, message):
+    result = _repro(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr
+
+
+def test_help_explains_every_command():
+    result = _repro("--help")
+    assert result.returncode == 0
+    for command in ("papers", "reproduce", "show", "ui", "audit", "check-reports", "dvc-yaml"):
+        assert f"    {command}" in result.stdout
+    for command in ("reproduce", "show", "ui", "papers"):
+        sub = _repro(command, "--help")
+        assert sub.returncode == 0 and "usage: repro " + command in sub.stdout
