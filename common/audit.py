@@ -48,9 +48,10 @@ def _mlflow_run(record: dict):
 
     from common.tracking import tracking_uri
     from common.tracking.mirror import ORIGINAL_RUN_ID, MirrorConflict, stored_run
+    from common.tracking.mlflow_tracking import absent_sqlite_store
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if absent_sqlite_store(uri) is not None:
         return (
             None,
             False,

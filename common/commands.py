@@ -268,18 +268,15 @@ def _check_port(host: str, port: int) -> None:
 
 def ui_store() -> str:
     """The store ``mlflow ui`` should show: the one the runs are logged to; an error if it does not exist."""
-    from urllib.parse import urlparse
-
-    from common.tracking.mlflow_tracking import _sqlite_path, tracking_uri
+    from common.tracking.mlflow_tracking import absent_sqlite_store, tracking_uri
 
     uri = tracking_uri()
-    if urlparse(uri).scheme == "sqlite":
-        database = _sqlite_path(uri)
-        if database is not None and not database.is_file():
-            raise ConfigError(
-                f"no MLflow store at {database}: the runs are logged there when a paper's stages run "
-                "(`repro reproduce PAPER`); set MLFLOW_TRACKING_URI if they went elsewhere"
-            )
+    database = absent_sqlite_store(uri)
+    if database is not None:
+        raise ConfigError(
+            f"no MLflow store at {database}: the runs are logged there when a paper's stages run "
+            "(`repro reproduce PAPER`); set MLFLOW_TRACKING_URI if they went elsewhere"
+        )
     return uri
 
 

@@ -134,6 +134,15 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(database)
 
 
+def absent_sqlite_store(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` URI when it does not exist (opening it would create an empty store),
+    else ``None``: a readable check for "no store here yet", as on a clean clone."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    database = _sqlite_path(uri)
+    return database if database is not None and not database.is_file() else None
+
+
 def _unusable(uri: str, why: str) -> TrackingStoreError:
     return TrackingStoreError(f"the MLflow tracking store {uri} cannot be used: {why}; {_what_to_do()}")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
 
@@ -18,7 +17,7 @@ from common.tracking.mlflow_tracking import (
     _client,
     _first_line,
     _retry,
-    _sqlite_path,
+    absent_sqlite_store,
     check_tracking_store,
     tracking_uri,
 )
@@ -36,10 +35,8 @@ def log_report_artifacts(
     """
     uri = uri or tracking_uri()
     run_ids, files = sorted(set(run_ids)), [(Path(f), folder) for f, folder in files]
-    if urlparse(uri).scheme == "sqlite":
-        database = _sqlite_path(uri)
-        if database is not None and not database.is_file():
-            return f"MLflow: no store at {uri}; the report is not attached to its runs"
+    if absent_sqlite_store(uri) is not None:
+        return f"MLflow: no store at {uri}; the report is not attached to its runs"
     logged, absent = 0, 0
     try:
         check_tracking_store(uri)

@@ -26,6 +26,9 @@ BIN = Path(sys.executable).parent
 PAPER_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())["multi_similarity"]
 METHODS = set(PAPER_PARAMS["methods"])
 DATASETS = set(PAPER_PARAMS["datasets"])
+# the queued experiments of the queue tests: two learning rates of one run stage
+QUEUE_STAGE = "run-multi_similarity-omniglot"
+QUEUE_LR_KEY = "multi_similarity.train.optimizer.lr"
 
 
 def omniglot_source() -> Path | None:
@@ -37,6 +40,24 @@ def omniglot_source() -> Path | None:
 
 def fashion_mnist_available() -> bool:
     return bool(os.environ.get("FASHION_MNIST_DIR")) or Path("/usr/share/datasets/fashion-mnist").is_dir()
+
+
+def local_omniglot(fashion_mnist: bool = True) -> Path:
+    """The Omniglot source; skips the test where the local data it needs (and Fashion-MNIST) is missing."""
+    omniglot = omniglot_source()
+    if omniglot is None:
+        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
+    if fashion_mnist and not fashion_mnist_available():
+        pytest.skip("no local Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR")
+    return omniglot
+
+
+def pipeline_env(*first_on_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for `dvc` in a copy: this venv first on PATH (the stages run `python -m ...`), no
+    inherited tracking URI or DVC root, no analytics; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    env["PATH"] = os.pathsep.join([*map(str, first_on_path), str(BIN), env.get("PATH", "")])
+    return env | {"DVC_NO_ANALYTICS": "1"} | extra
 
 
 def copy_repo(target: Path) -> None:
@@ -75,15 +96,8 @@ def make_smoke_repo(tmp_path_factory, name: str, omniglot: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory):
-    omniglot = omniglot_source()
-    if omniglot is None:
-        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    if not fashion_mnist_available():
-        pytest.skip("no local Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR")
-    repo = make_smoke_repo(tmp_path_factory, "smoke", omniglot)
-
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    repo = make_smoke_repo(tmp_path_factory, "smoke", local_omniglot())
+    env = pipeline_env()
     started = time.perf_counter()
     result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started

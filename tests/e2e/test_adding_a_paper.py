@@ -11,7 +11,6 @@ must have its stages, runs, MLflow experiment and report.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -21,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO
-from tests.e2e.conftest import BIN, make_smoke_repo, omniglot_source
+from tests.e2e.conftest import BIN, local_omniglot, make_smoke_repo, pipeline_env
 
 pytestmark = pytest.mark.e2e
 
@@ -70,17 +69,12 @@ def test_the_worked_example_is_what_the_repository_holds():
 @pytest.fixture(scope="module")
 def followed(tmp_path_factory):
     """A smoke copy of the repository after every step of the guide; the output of each ``run`` block."""
-    omniglot = omniglot_source()
-    if omniglot is None:
-        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    repo = make_smoke_repo(tmp_path_factory, "new_paper", omniglot)
+    repo = make_smoke_repo(tmp_path_factory, "new_paper", local_omniglot(fashion_mnist=False))
     shim = tmp_path_factory.mktemp("bin")
     # `repro` as the README has it (.venv/bin/repro), but this copy's code, as its DVC stages run it
     (shim / "repro").write_text(f'#!/bin/sh\nexec "{BIN / "python"}" -m common.cli "$@"\n')
     (shim / "repro").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    env["PATH"] = f"{shim}{os.pathsep}{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
+    env = pipeline_env(shim)
 
     outputs = []
     for _, marker, body in guide_blocks():

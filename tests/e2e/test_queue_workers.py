@@ -11,44 +11,36 @@ metrics of its own record, nothing missing, extra or mixed.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.e2e.conftest import (
-    BIN,
-    PAPER_PARAMS,
+    METHODS,
+    QUEUE_LR_KEY,
+    QUEUE_STAGE,
     assert_queue_finished,
     assert_ran_at_once,
     assert_runs_are_their_records,
     committed_experiments,
     git,
+    local_omniglot,
     make_smoke_repo,
-    omniglot_source,
+    pipeline_env,
     queue_experiments,
     run_queue,
 )
 
 pytestmark = pytest.mark.e2e
 
-STAGE = "run-multi_similarity-omniglot"
-LR_KEY = "multi_similarity.train.optimizer.lr"
 EXPERIMENTS = {"lr-two": 0.002, "lr-four": 0.004}  # both differ from params.yaml, so both change it
-METHODS = set(PAPER_PARAMS["methods"])
 
 
 @pytest.fixture(scope="module")
 def queued_repo(tmp_path_factory):
-    omniglot = omniglot_source()
-    if omniglot is None:
-        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    repo = make_smoke_repo(tmp_path_factory, "queue", omniglot)
-
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    queue_experiments(repo, env, STAGE, LR_KEY, EXPERIMENTS)
+    repo = make_smoke_repo(tmp_path_factory, "queue", local_omniglot(fashion_mnist=False))
+    env = pipeline_env()
+    queue_experiments(repo, env, QUEUE_STAGE, QUEUE_LR_KEY, EXPERIMENTS)
     assert not (repo / "mlflow.db").exists()  # the two workers create the store, at the same time
     seconds = run_queue(repo, env, len(EXPERIMENTS))
     return repo, env, seconds

@@ -35,25 +35,25 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import REPO
 from tests.e2e.conftest import (
     BIN,
+    METHODS,
     PAPER_PARAMS,
+    QUEUE_LR_KEY,
+    QUEUE_STAGE,
     assert_queue_finished,
     assert_ran_at_once,
     assert_runs_are_their_records,
     committed_experiments,
-    fashion_mnist_available,
     git,
+    local_omniglot,
     make_smoke_repo,
-    omniglot_source,
+    pipeline_env,
     queue_experiments,
     run_queue,
 )
 
 pytestmark = pytest.mark.e2e
 
-STAGE = "run-multi_similarity-omniglot"
-LR_KEY = "multi_similarity.train.optimizer.lr"
 EXPERIMENTS = {"team-lr-two": 0.002, "team-lr-four": 0.004}
-METHODS = set(PAPER_PARAMS["methods"])
 MIRRORED_PAPER = "protonets"  # committed records of this checkout, mirrored into the server
 COMMIT = ["-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm"]
 
@@ -169,15 +169,8 @@ def team_server(postgres, tmp_path_factory):
 @pytest.fixture(scope="module")
 def team_repo(team_server, tmp_path_factory):
     """The smoke pipeline of one paper, then two queued experiments in two workers, all on the server."""
-    omniglot = omniglot_source()
-    if omniglot is None:
-        pytest.skip("no local Omniglot source: set OMNIGLOT_DIR to a folder with the small background zips")
-    if not fashion_mnist_available():
-        pytest.skip("no local Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR")
-    repo = make_smoke_repo(tmp_path_factory, "team", omniglot)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    env |= {"MLFLOW_TRACKING_URI": team_server, "DVC_NO_ANALYTICS": "1"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    repo = make_smoke_repo(tmp_path_factory, "team", local_omniglot())
+    env = pipeline_env(MLFLOW_TRACKING_URI=team_server)
 
     started = time.perf_counter()
     result = subprocess.run(
@@ -192,7 +185,7 @@ def team_repo(team_server, tmp_path_factory):
     git(repo, "add", "-A")
     git(repo, *COMMIT, "the smoke pipeline of multi_similarity, run on the team server")
 
-    queue_experiments(repo, env, STAGE, LR_KEY, EXPERIMENTS)
+    queue_experiments(repo, env, QUEUE_STAGE, QUEUE_LR_KEY, EXPERIMENTS)
     queued = run_queue(repo, env, len(EXPERIMENTS))
     return repo, env, {"pipeline": pipeline, "queue": queued}
 
