@@ -443,12 +443,10 @@ def build_index(reports_root: Path = Path("reports")) -> Path:
 def attach_to_runs(slug: str, report_path: Path, records_root: Path = Path("records")) -> str:
     """Log the report and its figures as artifacts of the paper's MLflow runs (those the store holds), laid out
     as in ``reports/`` (and as ``repro mirror`` lays them out): ``report/<slug>.md``, ``report/figures/<slug>/``."""
-    from common.tracking.report_artifacts import log_report_artifacts
+    from common.tracking.report_artifacts import log_report_artifacts, report_files
 
     run_ids = [r["provenance"]["mlflow_run_id"] for r in read_paper_records(records_root, slug)]
-    figures = sorted((report_path.parent / "figures" / slug).glob("*.png"))
-    files = [(report_path, "report"), *((figure, f"report/figures/{slug}") for figure in figures)]
-    return log_report_artifacts(run_ids, files)
+    return log_report_artifacts(run_ids, report_files(report_path.parent, slug))
 
 
 def _report(slug: str, params_path: Path) -> None:

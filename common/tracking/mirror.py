@@ -47,6 +47,7 @@ from common.tracking.mlflow_tracking import (
     flatten,
     run_name,
 )
+from common.tracking.report_artifacts import report_files
 
 ORIGINAL_RUN_ID = "original_run_id"
 MIRRORED_FROM = "mirrored_from"
@@ -311,12 +312,8 @@ def _write(client: MlflowClient, root: Path, path: Path, record: dict[str, Any])
                 tracker.log_metrics(metrics, step=step)
             tracker.log_artifact(str(root / path), "record")
             if "tuning_point" not in provenance:  # a tuning trial is not in the report
-                paper = record["paper"]
-                report = root / "reports" / f"{paper}.md"
-                if report.is_file():
-                    tracker.log_artifact(str(report), "report")
-                for figure in sorted((root / "reports" / "figures" / paper).glob("*.png")):
-                    tracker.log_artifact(str(figure), f"report/figures/{paper}")
+                for file, folder in report_files(root / "reports", record["paper"]):
+                    tracker.log_artifact(str(file), folder)
     except BaseException:
         if tracker.run_id is not None:
             try:

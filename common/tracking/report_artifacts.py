@@ -23,6 +23,15 @@ from common.tracking.mlflow_tracking import (
 )
 
 
+def report_files(reports_root: Path, slug: str) -> list[tuple[Path, str]]:
+    """A paper's report and figures, each with the artifact folder it goes to, laid out as under ``reports/``:
+    ``report/<slug>.md`` and ``report/figures/<slug>/*.png`` (the report stage and ``repro mirror`` alike)."""
+    report = reports_root / f"{slug}.md"
+    figures = sorted((reports_root / "figures" / slug).glob("*.png"))
+    files = [(report, "report")] if report.is_file() else []
+    return files + [(figure, f"report/figures/{slug}") for figure in figures]
+
+
 def log_report_artifacts(
     run_ids: Iterable[str], files: Iterable[tuple[Path, str]], uri: str | None = None
 ) -> str:
