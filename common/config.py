@@ -39,10 +39,10 @@ PROFILES = ("smoke", "cpu", "gpu")
 # Sampler arguments the engine fills in from the data, the run and the process group.
 ENGINE_SAMPLER_ARGS = frozenset({"labels", "seed", "rank", "world_size", "batches_per_epoch"})
 # Loss arguments the engine fills in from the model and the training labels (margin/proxy heads).
-ENGINE_LOSS_ARGS = frozenset({"num_classes", "embedding_dim"})
+ENGINE_LOSS_ARGS = frozenset({"num_classes", "embedding_dim", "class_counts"})
 DATASETS = ("fashion_mnist", "omniglot")
 # What a paper may declare that its methods vary (see ``varies``).
-METHOD_KEYS = ("loss", "sampler")
+METHOD_KEYS = ("loss", "sampler", "classifier", "optimizer")
 
 
 class Component(BaseModel):
@@ -77,8 +77,36 @@ class FewShotSpec(BaseModel):
         return tuple(sorted(set(values)))
 
 
+class ShotGroups(BaseModel):
+    """Long-tailed recognition's many / medium / few-shot classes, by training samples: more than ``many``,
+    ``few`` to ``many``, fewer than ``few`` (Liu et al., CVPR 2019, use 100 and 20 on ImageNet-LT)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    many: int = Field(100, ge=1)
+    few: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShotGroups:
+        if self.few > self.many:
+            raise ValueError(f"few ({self.few}) must be <= many ({self.many})")
+        return self
+
+
+class SharpnessSpec(BaseModel):
+    """Sharpness of the trained weights on a fixed subset of the training data (``common.metrics.sharpness``):
+    the loss increase in an L2 ball of radius ``rho`` (``ascent_steps`` of projected gradient ascent) and the
+    largest Hessian eigenvalue (``power_iterations`` of power iteration)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rho: float = Field(0.05, gt=0)
+    samples: int = Field(1000, ge=2)
+    ascent_steps: int = Field(5, ge=1)
+    power_iterations: int = Field(20, ge=1)
+
+
 class EvalSpec(BaseModel):
-    """What is measured on the test split after training. Retrieval always; the rest when asked for."""
+    """What is measured on the test split after training: retrieval for embedding losses, classification
+    metrics (top-1, balanced accuracy, ECE) for classification losses; the rest when asked for."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     ks: tuple[int, ...] = (1, 2, 4, 8)
@@ -88,6 +116,11 @@ class EvalSpec(BaseModel):
     fars: tuple[float, ...] = Field((), description="verification: TAR at these FARs over all test pairs")
     few_shot: FewShotSpec | None = None
     one_shot_runs: bool = Field(False, description="Omniglot only: the 20 official one-shot runs")
+    calibration_bins: int = Field(
+        15, ge=1, description="classification: equal-width confidence bins of the ECE"
+    )
+    shot_groups: ShotGroups | None = Field(None, description="classification: many/medium/few-shot accuracy")
+    sharpness: SharpnessSpec | None = None
 
     @field_validator("ks")
     @classmethod
@@ -114,6 +147,17 @@ class LabelNoise(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+class LongTail(BaseModel):
+    """A long-tailed training set (``common.data.transforms.long_tailed_indices``): class ``c`` keeps
+    ``n_max * (1 / imbalance_ratio) ** (c / (C - 1))`` samples (``exponential``, Cao et al. 2019) or the step
+    profile, ``n_max`` being the smallest class of the (limited) training split; the test split is untouched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    imbalance_ratio: float = Field(ge=1)
+    profile: Literal["exponential", "step"] = "exponential"
+    seed: int = Field(0, ge=0)
+
+
 class Holdout(BaseModel):
     """Train on the training split minus a held-out part, and evaluate on that part (tuning trials).
 
@@ -135,12 +179,17 @@ class RunConfig(BaseModel):
     dataset: str = Field(description="the name under the paper's datasets: a prepared dataset or a variant")
     data: Literal["fashion_mnist", "omniglot"] = Field(description="the prepared dataset it reads")
     label_noise: LabelNoise | None = None
+    long_tail: LongTail | None = None
     seed: int = Field(ge=0)
     profile: Literal["smoke", "cpu", "gpu"]
     model: Component
     loss: Component
     optimizer: Component
     sampler: Component
+    classifier: Literal["linear", "cosine"] | None = Field(
+        None,
+        description="classification losses only: the layer that turns embeddings into logits (default linear)",
+    )
     epochs: int = Field(ge=1)
     batches_per_epoch: int = Field(ge=1)
     image_size: int = Field(28, ge=8)
@@ -212,7 +261,7 @@ class PaperSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     datasets: dict[str, dict[str, Any] | None]
     train: dict[str, Any]
-    varies: list[Literal["loss", "sampler"]] = ["loss"]
+    varies: list[Literal["loss", "sampler", "classifier", "optimizer"]] = ["loss"]
     methods: dict[str, dict[str, Any]]
     profiles: dict[str, dict[str, Any]]
     tune: TuneSpec | None = None
@@ -247,8 +296,8 @@ class PaperSection(BaseModel):
                     "methods share backbone, data and budget (put shared settings under 'train', or declare "
                     "the compared variable in 'varies')"
                 )
-            if "loss" not in (spec or {}):
-                raise ValueError(f"methods.{name} has no 'loss'")
+            if "loss" not in (spec or {}) and "loss" not in self.train:
+                raise ValueError(f"methods.{name} has no 'loss' (nor has 'train')")
         if self.tune is not None:
             missing, unknown = (
                 sorted(set(self.methods) - set(self.tune.grid)),
@@ -400,8 +449,13 @@ def check_components(run: RunConfig, where: str) -> None:
 
     def check_loss() -> None:
         losses.LOSSES.check(run.loss.name, run.loss.kwargs, ENGINE_LOSS_ARGS)
+        if run.classifier is not None and not losses.reads_logits(run.loss.name):
+            raise ConfigError(
+                f"{where}: classifier: {run.classifier!r} is set, but loss {run.loss.name!r} reads embeddings, "
+                "not logits; a classifier applies to classification losses only"
+            )
         model = models.build(run.model.name, **run.model.kwargs)
-        losses.build(run.loss.name, **run.loss.kwargs, **engine_loss_kwargs(run, model, num_classes=2))
+        losses.build(run.loss.name, **run.loss.kwargs, **engine_loss_kwargs(run, model, class_counts=[2, 1]))
 
     checks = [
         ("model", lambda: models.build(run.model.name, **run.model.kwargs)),
@@ -424,11 +478,16 @@ def check_components(run: RunConfig, where: str) -> None:
             raise ConfigError(f"{where}: {key}: {err}") from err
 
 
-def engine_loss_kwargs(run: RunConfig, model: Any, num_classes: int) -> dict[str, int]:
+def engine_loss_kwargs(run: RunConfig, model: Any, class_counts: list[int]) -> dict[str, Any]:
     """The engine's arguments that the run's loss takes: a margin/proxy head gets the number of training
-    classes and the model's embedding size; a pair loss gets nothing."""
+    classes and the model's embedding size, a loss for imbalanced data (LDAM, re-weighting) the training
+    samples per class; a pair loss gets nothing."""
     from common import losses
 
-    supplied = {"num_classes": num_classes, "embedding_dim": model.embedding_dim}
+    supplied = {
+        "num_classes": len(class_counts),
+        "embedding_dim": model.embedding_dim,
+        "class_counts": list(class_counts),
+    }
     accepted = losses.LOSSES.accepted_params(run.loss.name)
     return {k: v for k, v in supplied.items() if k in accepted}

@@ -42,7 +42,7 @@ from common.config import (
     resolve_trials,
 )
 from common.data.loading import data_fingerprint, load_prepared, load_split
-from common.data.transforms import holdout_indices, noisy_labels
+from common.data.transforms import holdout_indices, long_tailed_indices, noisy_labels
 from common.engine.evaluation import OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
 from common.errors import check_writable_dir, run_command
@@ -100,8 +100,13 @@ def _model_inputs(
 
 def load_run_data(run: RunConfig, prepared_root: Path) -> tuple[SplitTensors, SplitTensors]:
     """The run's training and evaluation tensors: the test split, or for a tuning trial (``holdout``) the
-    held-out part of the training split, after label noise, with the kept classes renumbered 0..C-1."""
+    held-out part of the training split, after the long-tailed subset and label noise, with the kept classes
+    renumbered 0..C-1."""
     train, test = _model_inputs(prepared_root / run.data, run.image_size, run.train_limit, run.eval.max_items)
+    if run.long_tail is not None:
+        tail = run.long_tail
+        kept = long_tailed_indices(train.labels, tail.imbalance_ratio, tail.profile, seed=tail.seed).indices
+        train = SplitTensors(train.images[kept], train.labels[kept])
     if run.label_noise is not None:
         noise = run.label_noise
         noisy = noisy_labels(train.labels, noise.rate, noise.kind, seed=noise.seed).labels
@@ -356,6 +361,7 @@ def _train_and_record(context: _RunContext, run: RunConfig, path: Path, extra: d
                 "metrics": result.metrics,
                 "history": result.history,
                 "similarity_histograms": result.similarity_histograms,
+                **({"reliability": result.reliability} if result.reliability else {}),
                 **extra,
                 "provenance": {
                     **{k: v for k, v in tags.items() if not k.startswith("version.")},

@@ -1,6 +1,7 @@
 """What is measured after training, on the run's ``eval`` spec: retrieval always, verification, few-shot
 episodes and Omniglot's one-shot runs when asked for, and the sub-center analysis for heads with
-sub-centers.
+sub-centers. A classifier (a run whose loss reads logits) is measured by ``common.engine.classification``
+instead.
 
 Optional evaluations live in their own modules, imported only by the runs that ask for them, so a change to
 one does not rerun papers that never use it: :func:`evaluation_modules` names them for the pipeline's stage
@@ -17,10 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from common.config import RunConfig
+from common.losses import reads_logits
 from common.metrics.retrieval import retrieval_metrics
 
 VERIFICATION = "common.metrics.verification"
 FEW_SHOT = "common.engine.few_shot"
+CLASSIFICATION = "common.engine.classification"
+SHARPNESS = "common.metrics.sharpness"
 
 
 @dataclass
@@ -44,6 +48,10 @@ class OneShotRuns:
 def evaluation_modules(run: RunConfig) -> list[str]:
     """The optional evaluation modules ``run`` imports (a stage dependency)."""
     modules = []
+    if reads_logits(run.loss.name):
+        modules.append(CLASSIFICATION)
+        if run.eval.sharpness is not None:
+            modules.append(SHARPNESS)
     if run.eval.fars:
         modules.append(VERIFICATION)
     if run.eval.few_shot is not None or run.eval.one_shot_runs:

@@ -1,22 +1,31 @@
 """The one training + evaluation loop, on Hugging Face Accelerate.
 
 The same code runs on a laptop CPU (``python``), one GPU, or N processes (``accelerate launch``).
-Per epoch it trains ``batches_per_epoch`` m-per-class batches, then saves a checkpoint with
+Per epoch it trains ``batches_per_epoch`` batches of the run's sampler, then saves a checkpoint with
 ``accelerator.save_state`` (model, optimizer, RNG states) plus the per-epoch history; a restarted run
 loads the newest complete checkpoint and continues with the next epoch. Batches depend only on
 (seed, epoch), and the RNG states are restored, so a resumed run ends where an uninterrupted one does.
+
+A pair loss or a margin head reads the embeddings (gathered across processes, with gradients); a
+classification loss reads the logits of a classifier put on the model (``common.models.classifiers``), on
+each process's own batch. The SAM optimizer takes its two forward-backward passes per batch (the second at
+the perturbed weights, on the same augmented batch, with BatchNorm's running statistics left as the first
+pass set them).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +36,9 @@ from tqdm.auto import tqdm
 from common import losses, models, optim, samplers
 from common.config import RunConfig, engine_loss_kwargs
 from common.engine.distributed import gather_with_grad
-from common.engine.evaluation import OneShotRuns, SplitTensors, evaluate
+from common.engine.evaluation import CLASSIFICATION, OneShotRuns, SplitTensors, evaluate
 from common.errors import StorageError, UserError, storage_message, writing
+from common.models.classifiers import Classifier
 
 CHECKPOINT_PREFIX = "epoch_"
 
@@ -42,7 +52,55 @@ class RunResult:
     metrics: dict[str, float]
     history: list[dict[str, float]]
     similarity_histograms: dict[str, list[float]] = field(default_factory=dict)
+    reliability: dict[str, Any] = field(default_factory=dict)  # classifiers: the reliability diagram's bins
     resumed_from_epoch: int = 0
+
+
+def sam_inside(optimizer: torch.optim.Optimizer) -> Any:
+    """The SAM optimizer inside ``optimizer`` (wrapped by Accelerate or not), else ``None``."""
+    while optimizer is not None:
+        if hasattr(optimizer, "first_step") and hasattr(optimizer, "second_step"):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
+def batch_loss(
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    sampler: samplers.EpochBatchSampler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    reads_logits: bool,
+    accelerator: Accelerator,
+) -> torch.Tensor:
+    """The loss of one batch: a classifier's logits, an episode's queries against its support set (on each
+    process alone), or the embeddings of the global batch (gathered with gradients)."""
+    outputs = model(images)
+    if reads_logits:
+        return criterion(outputs, labels)
+    support, queries = sampler.split_batch(outputs)
+    support_labels, query_labels = sampler.split_batch(labels)
+    if support is not None:
+        return criterion(queries, query_labels, support, support_labels)
+    if accelerator.num_processes > 1:
+        return criterion(gather_with_grad(queries), gather_with_grad(query_labels))
+    return criterion(queries, query_labels)
+
+
+@contextmanager
+def frozen_batch_norm_statistics(model: torch.nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with the batch's statistics but leave their running averages unchanged
+    (SAM's second pass must not count the batch twice)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
 
 
 def to_model_input(images: torch.Tensor, image_size: int, mean: float, std: float) -> torch.Tensor:
@@ -135,10 +193,13 @@ def fit_and_evaluate(
     accelerator.free_memory()
     set_seed(run.seed)
     model = models.build(run.model.name, **run.model.kwargs)
-    num_classes = int(train.labels.max()) + 1
+    class_counts = torch.bincount(train.labels).tolist()
     criterion = losses.build(
-        run.loss.name, **run.loss.kwargs, **engine_loss_kwargs(run, model, num_classes=num_classes)
+        run.loss.name, **run.loss.kwargs, **engine_loss_kwargs(run, model, class_counts=class_counts)
     )
+    reads_logits = losses.reads_logits(run.loss.name)
+    if reads_logits:
+        model = Classifier(model, len(class_counts), run.classifier or "linear")
     trainable = list(model.parameters()) + list(criterion.parameters())
     optimizer = optim.build(run.optimizer.name, trainable, **run.optimizer.kwargs)
     if any(p.requires_grad for p in criterion.parameters()):  # proxy/margin heads own class weights
@@ -165,6 +226,7 @@ def fit_and_evaluate(
             on_epoch(past, int(past["epoch"]))
 
     device = accelerator.device
+    sam = sam_inside(optimizer)
     for epoch in range(start_epoch + 1, run.epochs + 1):
         model.train()
         sampler.set_epoch(epoch)
@@ -182,16 +244,9 @@ def fit_and_evaluate(
             images = train.images[batch]
             if run.augment == "shift":
                 images = random_shift(images)
-            labels = train.labels[batch].to(device)
-            embeddings = model(images.to(device))
-            support, embeddings = sampler.split_batch(embeddings)
-            support_labels, labels = sampler.split_batch(labels)
-            if support is not None:  # an episode: the queries against its support set, on each rank alone
-                loss = criterion(embeddings, labels, support, support_labels)
-            else:
-                if accelerator.num_processes > 1:
-                    embeddings, labels = gather_with_grad(embeddings), gather_with_grad(labels)
-                loss = criterion(embeddings, labels)
+            images, labels = images.to(device), train.labels[batch].to(device)
+
+            loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{run.paper} {run.key}: the loss is {loss.item()} at epoch {epoch}, step {step}; "
@@ -200,7 +255,15 @@ def fit_and_evaluate(
                 )
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
-            optimizer.step()
+            if sam is None:
+                optimizer.step()
+            else:
+                sam.first_step(zero_grad=True)
+                with frozen_batch_norm_statistics(model):
+                    accelerator.backward(
+                        batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
+                    )
+                sam.second_step(zero_grad=True)
             total += loss.item()
             nonzero += int(loss.item() != 0.0)
             steps += 1
@@ -217,15 +280,16 @@ def fit_and_evaluate(
 
     result = RunResult(metrics={}, history=history, resumed_from_epoch=start_epoch)
     if accelerator.is_main_process:
-        result.metrics, result.similarity_histograms = evaluate(
-            run,
-            accelerator.unwrap_model(model),
-            accelerator.unwrap_model(criterion),
-            device,
-            train,
-            test,
-            one_shot,
-        )
+        trained, criterion = accelerator.unwrap_model(model), accelerator.unwrap_model(criterion)
+        if reads_logits:
+            classification = importlib.import_module(CLASSIFICATION)
+            result.metrics, result.reliability = classification.evaluate_classifier(
+                run, trained, criterion, device, train, test
+            )
+        else:
+            result.metrics, result.similarity_histograms = evaluate(
+                run, trained, criterion, device, train, test, one_shot
+            )
         if any(not math.isfinite(v) for v in result.metrics.values()):
             raise NonFiniteLossError(
                 f"{run.paper} {run.key}: evaluation produced non-finite metrics {result.metrics}"

@@ -72,7 +72,12 @@ def effective_number_weights(class_counts: Sequence[int], beta: float = 0.9999) 
 
 
 class ClassificationLoss(nn.Module):
-    """``loss(logits, targets) -> scalar``: the base checks shapes, subclasses define ``loss_from_logits``."""
+    """``loss(logits, targets) -> scalar``: the base checks shapes, subclasses define ``loss_from_logits``.
+
+    ``inputs = "logits"`` tells the engine to put a classifier on the model and feed the loss its logits (a
+    pair loss or a margin head reads embeddings)."""
+
+    inputs = "logits"
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         check_logits(logits, targets)

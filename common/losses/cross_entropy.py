@@ -27,7 +27,7 @@ class CrossEntropyLoss(DeferredReweighting, ClassificationLoss):
     ``class_counts`` with ``drw_epoch`` for class-balanced weights (Cui et al. 2019) after ``drw_epoch``
     epochs:
     ``drw_epoch=0`` is the CE-RW baseline, ``drw_epoch=160`` the CE-DRW baseline of Cao et al., NeurIPS 2019
-    (200 CIFAR epochs). ``class_counts`` alone would do nothing and is refused. Defaults: no smoothing, no
+    (200 CIFAR epochs). ``class_counts`` alone does nothing (the engine always passes the training counts). Defaults: no smoothing, no
     weights (plain cross-entropy), ``beta = 0.9999`` (the official LDAM-DRW code).
     """
 
@@ -43,10 +43,6 @@ class CrossEntropyLoss(DeferredReweighting, ClassificationLoss):
         self.label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
         if class_counts is not None:
             check_class_counts(class_counts)
-            if drw_epoch is None:
-                raise ValueError(
-                    "class_counts without drw_epoch has no effect; set drw_epoch (0: from the start)"
-                )
         self._init_class_weights(class_weights, class_counts, drw_epoch, beta)
 
     def loss_from_logits(self, logits: Tensor, targets: Tensor) -> Tensor:

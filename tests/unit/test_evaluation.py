@@ -98,9 +98,12 @@ class _Model:
     embedding_dim = 32
 
 
-def test_the_engine_gives_heads_their_classes_and_pair_losses_nothing():
-    assert engine_loss_kwargs(_Run("arcface"), _Model(), 136) == {"num_classes": 136, "embedding_dim": 32}
-    assert engine_loss_kwargs(_Run("circle"), _Model(), 136) == {}
+def test_the_engine_gives_heads_their_classes_imbalance_losses_their_counts_and_pair_losses_nothing():
+    counts = [5, 3, 1]
+    assert engine_loss_kwargs(_Run("arcface"), _Model(), counts) == {"num_classes": 3, "embedding_dim": 32}
+    assert engine_loss_kwargs(_Run("ldam"), _Model(), counts) == {"class_counts": counts}
+    assert engine_loss_kwargs(_Run("cross_entropy"), _Model(), counts) == {"class_counts": counts}
+    assert engine_loss_kwargs(_Run("circle"), _Model(), counts) == {}
 
 
 def test_optional_evaluations_are_named_only_when_asked_for():

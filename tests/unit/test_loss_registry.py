@@ -36,6 +36,7 @@ NAMES = {
     "focal",
     "poly1",
     "squentropy",
+    "square",
     "ldam",
 }
 

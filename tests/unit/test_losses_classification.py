@@ -1,5 +1,5 @@
 """Tests of the classification losses (common.losses.classification and the modules of cross_entropy, focal,
-poly1, squentropy, ldam): plain-loop oracles, special cases that reduce to cross-entropy, torch's
+poly1, squentropy, square, ldam): plain-loop oracles, special cases that reduce to cross-entropy, torch's
 cross_entropy, deferred re-weighting, build errors.
 
 The oracles recompute each loss sample by sample straight from the docstring formulas (a per-sample
@@ -98,6 +98,15 @@ def oracle_squentropy(logits, targets):
     return total / len(targets)
 
 
+def oracle_square(logits, targets, k=1.0, m=1.0):
+    c = logits.shape[1]
+    total = logits.sum() * 0
+    for i, y in enumerate(targets):
+        terms = [k * (logits[i, j] - m) ** 2 if j == y else logits[i, j] ** 2 for j in range(c)]
+        total = total + sum(terms) / c
+    return total / len(targets)
+
+
 def oracle_ldam(logits, targets, *, class_counts, max_m=0.5, s=30.0, weights=None):
     """Eq. (13): Delta_j = K n_j^(-1/4), the largest max_m; the target logit minus Delta_y, all times s."""
     raw = [n ** (-0.25) for n in class_counts]
@@ -123,6 +132,7 @@ ORACLES = {
     "focal": oracle_focal,
     "poly1": oracle_poly1,
     "squentropy": oracle_squentropy,
+    "square": oracle_square,
     "ldam": oracle_ldam,
 }
 
@@ -141,6 +151,8 @@ CONFIGS = [
     ("poly1", {"base": "focal", "epsilon": -1.0, "gamma": 1.5, "alpha": [1, 2, 3, 4, 5]},
      {"base": "focal", "epsilon": -1.0, "gamma": 1.5, "alpha": [1, 2, 3, 4, 5]}),
     ("squentropy", {}, {}),
+    ("square", {}, {}),
+    ("square", {"k": 15.0, "m": 30.0}, {"k": 15.0, "m": 30.0}),
     ("ldam", {"class_counts": COUNTS}, {"class_counts": COUNTS}),
     ("ldam", LDAM_SMALL, LDAM_SMALL),
 ]  # fmt: skip

@@ -69,7 +69,7 @@ def test_a_run_stage_lists_every_module_a_run_imports(stage):
                 if run.dataset != {dataset!r}:
                     continue
                 model = models.build(run.model.name, **run.model.kwargs)
-                extra = engine_loss_kwargs(run, model, num_classes=3)
+                extra = engine_loss_kwargs(run, model, class_counts=[3, 2, 1])
                 criterion = losses.build(run.loss.name, **run.loss.kwargs, **extra)
                 optim.build(run.optimizer.name, list(model.parameters()), **run.optimizer.kwargs)
                 samplers.SAMPLERS.get(run.sampler.name)

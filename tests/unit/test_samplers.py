@@ -86,7 +86,7 @@ def test_every_registered_sampler_shares_the_epoch_base_and_the_engine_arguments
     from common.samplers.base import SamplerError as BaseSamplerError
 
     assert m_per_class.SamplerError is BaseSamplerError is SamplerError
-    assert SAMPLERS.names() == ["class_balanced", "episodic", "m_per_class"]
+    assert SAMPLERS.names() == ["class_balanced", "episodic", "m_per_class", "shuffle"]
     engine_args = {"labels", "seed", "rank", "world_size", "batches_per_epoch"}
     for name in SAMPLERS.names():
         assert issubclass(SAMPLERS.get(name), EpochBatchSampler)

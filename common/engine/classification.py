@@ -1,0 +1,91 @@
+"""What is measured after training a classifier (a run whose loss reads logits), on the test split.
+
+Metrics: ``top1_accuracy``; ``balanced_accuracy`` (the mean per-class accuracy); ``nll`` (the test
+cross-entropy); ``ece`` (expected calibration error, ``eval.calibration_bins`` equal-width bins, Guo et al.
+2017); with ``eval.shot_groups``, ``accuracy_many`` / ``accuracy_medium`` / ``accuracy_few`` over the classes
+grouped by their training samples (a group without classes is left out); with ``eval.sharpness``,
+``sharpness_rho`` and ``hessian_top_eigenvalue`` of the training loss on a fixed subset of the training data
+(``common.metrics.sharpness``). The reliability diagram's bins go to the record for the report's plots.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from common.config import RunConfig
+from common.engine.evaluation import SHARPNESS, SplitTensors, embed
+from common.metrics.classification import (
+    expected_calibration_error,
+    per_class_accuracy,
+    reliability_diagram_bins,
+    shot_accuracy,
+    top1_accuracy,
+)
+
+
+def _finite_or_none(values: torch.Tensor) -> list[float | None]:
+    return [float(v) if math.isfinite(float(v)) else None for v in values.tolist()]
+
+
+def evaluate_classifier(
+    run: RunConfig,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    device: torch.device,
+    train: SplitTensors,
+    test: SplitTensors,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The run's metrics and its reliability-diagram bins (``edges``, ``confidence``, ``accuracy``, ``count``)."""
+    spec = run.eval
+    logits = embed(model, test.images, device).double()
+    num_classes = logits.shape[1]
+    class_accuracy = per_class_accuracy(logits, test.labels, num_classes)
+    metrics = {
+        "top1_accuracy": top1_accuracy(logits, test.labels),
+        "balanced_accuracy": float(class_accuracy.nanmean()),
+        "nll": float(F.cross_entropy(logits, test.labels)),
+        "ece": expected_calibration_error(logits, test.labels, spec.calibration_bins, inputs="logits"),
+    }
+    if spec.shot_groups is not None:
+        counts = torch.bincount(train.labels, minlength=num_classes)
+        groups = shot_accuracy(class_accuracy, counts, spec.shot_groups.many, spec.shot_groups.few)
+        metrics |= {f"accuracy_{name}": groups[name] for name in ("many", "medium", "few")}
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    if spec.sharpness is not None:
+        metrics |= _sharpness(run, model, criterion, device, train)
+    bins = reliability_diagram_bins(logits, test.labels, spec.calibration_bins, inputs="logits")
+    reliability = {
+        "edges": bins.edges.tolist(),
+        "confidence": _finite_or_none(bins.confidence),
+        "accuracy": _finite_or_none(bins.accuracy),
+        "count": bins.count.tolist(),
+    }
+    return metrics, reliability
+
+
+def _sharpness(
+    run: RunConfig,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    device: torch.device,
+    train: SplitTensors,
+) -> dict[str, float]:
+    """Sharpness of the training loss on ``eval.sharpness.samples`` training samples (the same for every run)."""
+    spec = run.eval.sharpness
+    sharpness = importlib.import_module(SHARPNESS)
+    keep = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(0))[: spec.samples]
+    images, labels = train.images[keep].to(device), train.labels[keep].to(device)
+    model.eval()
+
+    def loss() -> torch.Tensor:
+        return criterion(model(images), labels)
+
+    return {
+        "sharpness_rho": sharpness.rho_sharpness(model, loss, spec.rho, spec.ascent_steps),
+        "hessian_top_eigenvalue": sharpness.hessian_top_eigenvalue(model, loss, spec.power_iterations),
+    }
