@@ -66,7 +66,9 @@ class ReportSpec(BaseModel):
         "R@K: share of queries with a same-class item among the K nearest (R@1 = P@1); MAP@R and R-Prec as in "
         "Musgrave et al. (2020); NMI of k-means on the test embeddings."
     )
-    figures: list[Literal["recall_at_k", "similarities", "few_shot", "training_loss"]] = list(FIGURES)
+    figures: list[Literal["recall_at_k", "similarities", "few_shot", "reliability", "training_loss"]] = list(
+        FIGURES
+    )
     dataset_notes: dict[str, str] = {}
 
 

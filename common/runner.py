@@ -31,7 +31,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from common import samplers
+from common import losses, samplers
 from common.config import (
     RunConfig,
     TuneSpec,
@@ -224,6 +224,13 @@ def run_paper(
         trials = [(r, point) for r, point in trials if r.dataset == dataset]
     for name in sorted({r.data for r in runs}):
         data_fingerprint(prepared_root / name)  # fails now, with how to prepare it, if missing
+    for run in runs:  # a classifier is scored on the classes it was trained on
+        if losses.reads_logits(run.loss.name) and _class_disjoint(prepared_root / run.data):
+            raise ConfigError(
+                f"{params_path}: {paper} (dataset {run.dataset}, method {run.method}): loss {run.loss.name!r} "
+                f"trains a classifier, but the test classes of {run.data} are unseen in training; use a "
+                "dataset whose test split has the training classes, or an embedding loss"
+            )
     for run in [*runs, *(r for r, _ in trials)]:  # a batch the sampler cannot fill fails now
         try:
             labels = load_run_data(run, prepared_root)[0].labels  # the images are cached for the runs

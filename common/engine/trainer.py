@@ -90,17 +90,18 @@ def batch_loss(
 
 @contextmanager
 def frozen_batch_norm_statistics(model: torch.nn.Module) -> Iterator[None]:
-    """BatchNorm layers normalise with the batch's statistics but leave their running averages unchanged
-    (SAM's second pass must not count the batch twice)."""
+    """BatchNorm layers normalise with the batch's statistics, but their running statistics (and batch count)
+    are put back afterwards: SAM's second pass must not count the batch twice."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.momentum = 0.0
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    saved = [{k: getattr(m, k).clone() for k in names if getattr(m, k, None) is not None} for m in layers]
     try:
         yield
     finally:
-        for m, momentum in zip(layers, momenta, strict=True):
-            m.momentum = momentum
+        with torch.no_grad():
+            for m, buffers in zip(layers, saved, strict=True):
+                for k, value in buffers.items():
+                    getattr(m, k).copy_(value)
 
 
 def to_model_input(images: torch.Tensor, image_size: int, mean: float, std: float) -> torch.Tensor:

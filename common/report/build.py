@@ -38,7 +38,28 @@ METRIC_NAMES = {
     "one_shot_error": "one-shot runs: error",
     "dominant_share_clean": "clean in dominant",
     "dominant_share_noisy": "noisy in dominant",
+    "top1_accuracy": "top-1",
+    "balanced_accuracy": "balanced acc.",
+    "accuracy_many": "many-shot",
+    "accuracy_medium": "medium-shot",
+    "accuracy_few": "few-shot",
+    "ece": "ECE",
+    "nll": "NLL (nats)",
+    "sharpness_rho": "rho-sharpness (loss)",
+    "hessian_top_eigenvalue": "Hessian λ_max",
 }
+# Metrics shown as they are (not in %), with three decimals.
+RAW_METRICS = frozenset({"nll", "sharpness_rho", "hessian_top_eigenvalue"})
+
+
+def format_interval(metric: str, interval: Interval | dict[str, float]) -> str:
+    """``mean ± half-width`` of a metric: in % (one decimal), or as it is for the metrics in RAW_METRICS."""
+    interval = interval if isinstance(interval, Interval) else Interval(**interval)
+    if metric in RAW_METRICS:
+        return interval.format(scale=1.0, digits=3)
+    return interval.format()
+
+
 DATASET_NOTES = {
     "omniglot": "class-disjoint: trained on 5 background alphabets (136 characters), retrieval among the "
     "2120 images of 106 unseen characters (3 other alphabets)",
@@ -59,6 +80,12 @@ FIGURES = {
         "Few-shot accuracy against shots",
         "N-way accuracy on episodes of the test classes against the support images per class, mean and 95% "
         "interval over seeds (every method is scored on the same episodes).",
+    ),
+    "reliability": (
+        plots.reliability_diagrams,
+        "Reliability diagrams",
+        "Accuracy of each confidence bin (15 equal-width bins of the largest softmax probability) against "
+        "confidence, test predictions pooled over seeds; bars below the diagonal are over-confident.",
     ),
     "training_loss": (
         plots.training_curves,
@@ -185,10 +212,6 @@ def evaluate_claims(meta: PaperMeta, groups: dict, datasets: list[str]) -> list[
     return rows
 
 
-def _fmt(interval: dict[str, float]) -> str:
-    return Interval(**interval).format()
-
-
 def build_report(
     slug: str,
     records_root: Path = Path("records"),
@@ -244,6 +267,8 @@ def build_report(
         else ""
     )
 
+    raw = [_metric_name(m) for m in meta.report.table if m in RAW_METRICS]
+    units = "in %" + (f" ({', '.join(raw)} as they are)" if raw else "")
     lines = [
         f"# {meta.title}",
         "",
@@ -261,7 +286,7 @@ def build_report(
         "",
         "## Results",
         "",
-        f"Mean ± 95% confidence interval (Student t) over seeds {seeds}, in %. " + meta.report.table_note,
+        f"Mean ± 95% confidence interval (Student t) over seeds {seeds}, {units}. " + meta.report.table_note,
     ]
     for dataset in datasets:
         note = meta.report.dataset_notes.get(dataset, DATASET_NOTES.get(dataset, ""))
@@ -272,7 +297,9 @@ def build_report(
         for method in methods:
             members = groups[(dataset, method)]
             cells = [
-                mean_ci([r["metrics"][m] for r in members]).format() if m in members[0]["metrics"] else "n/a"
+                format_interval(m, mean_ci([r["metrics"][m] for r in members]))
+                if m in members[0]["metrics"]
+                else "n/a"
                 for m in table
             ]
             run_ids = ", ".join(f"`{r['provenance']['mlflow_run_id'][:8]}`" for r in members)
@@ -294,8 +321,9 @@ def build_report(
             lines.append(f"| {c['claim']} | {c['dataset']} | | | | | {c['verdict']} ({c['why']}) | |")
             continue
         lines.append(
-            f"| {c['text']} | {c['dataset']} | {_metric_name(c['metric'])} | {_fmt(c['better'])} | {_fmt(c['worse'])} "
-            f"| {_fmt(c['difference'])} | **{c['verdict']}** | {c['paper_evidence']} |"
+            f"| {c['text']} | {c['dataset']} | {_metric_name(c['metric'])} | {format_interval(c['metric'], c['better'])} "
+            f"| {format_interval(c['metric'], c['worse'])} | {format_interval(c['metric'], c['difference'])} "
+            f"| **{c['verdict']}** | {c['paper_evidence']} |"
         )
 
     if meta.headline:
@@ -306,7 +334,7 @@ def build_report(
         lines.append("|---|---|---|---|---|---|---|")
         for h in meta.headline:
             members = groups[(h.ours_dataset, h.ours_method)]
-            ours = mean_ci([r["metrics"][h.ours_metric] for r in members]).format()
+            ours = format_interval(h.ours_metric, mean_ci([r["metrics"][h.ours_metric] for r in members]))
             lines.append(
                 f"| {h.dataset} | {h.metric} | {h.value:.1f} | {h.previous_best if h.previous_best is not None else ''} "
                 f"| {h.setup} | {h.ours_dataset}, {members[0]['label']} ({_metric_name(h.ours_metric)}) | {ours} |"

@@ -138,3 +138,36 @@ def few_shot_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[st
 
 def _is_few_shot(key: str) -> bool:
     return key.startswith("fewshot_") and not key.endswith("_ci95")
+
+
+def reliability_diagrams(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
+    """Reliability diagrams (Guo et al. 2017): per method, the accuracy of each confidence bin against its mean
+    confidence, pooled over seeds (bins weighted by their counts); the diagonal is perfect calibration."""
+    methods = list(dict.fromkeys(m for _, m in groups))
+    fig, axes = plt.subplots(
+        len(datasets), len(methods), figsize=(3.0 * len(methods), 3.0 * len(datasets)), squeeze=False
+    )
+    for row, dataset in enumerate(datasets):
+        for col, method in enumerate(methods):
+            ax = axes[row][col]
+            records = groups.get((dataset, method), [])
+            if not records or "reliability" not in records[0]:
+                ax.set_visible(False)
+                continue
+            edges = records[0]["reliability"]["edges"]
+            width = edges[1] - edges[0]
+            counts = [sum(r["reliability"]["count"][b] for r in records) for b in range(len(edges) - 1)]
+            pooled = []
+            for b, total in enumerate(counts):
+                hits = sum(
+                    (r["reliability"]["accuracy"][b] or 0.0) * r["reliability"]["count"][b] for r in records
+                )
+                pooled.append(hits / total if total else 0.0)
+            ax.bar(edges[:-1], pooled, width=width, align="edge", edgecolor="black", linewidth=0.5)
+            ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("confidence")
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"{records[0]['label']}\n{dataset}", fontsize=9)
+    _save(fig, path)

@@ -61,3 +61,44 @@ def verdict(difference: Interval) -> str:
     if difference.high < 0:
         return NOT_REPRODUCED
     return INCONCLUSIVE
+
+
+@dataclass(frozen=True)
+class SpreadRatio:
+    """``sd(a) / sd(b)`` over seeds with its two-sided interval (the F distribution of the variance ratio of
+    two independent normal samples)."""
+
+    ratio: float
+    low: float
+    high: float
+
+    def format(self) -> str:
+        if math.isnan(self.ratio):
+            return "n/a"
+        return f"{self.ratio:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def spread_ratio(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> SpreadRatio:
+    """Standard deviation of ``a`` over that of ``b``, with the F-based interval (nan with < 2 values each)."""
+    if len(a) < 2 or len(b) < 2:
+        return SpreadRatio(math.nan, math.nan, math.nan)
+    var_a, var_b = statistics.variance(a), statistics.variance(b)
+    if var_b == 0:
+        return SpreadRatio(math.nan, math.nan, math.nan)
+    ratio = var_a / var_b
+    tail = (1 - confidence) / 2
+    f_high = float(stats.f.ppf(1 - tail, len(a) - 1, len(b) - 1))
+    f_low = float(stats.f.ppf(tail, len(a) - 1, len(b) - 1))
+    return SpreadRatio(math.sqrt(ratio), math.sqrt(ratio / f_high), math.sqrt(ratio / f_low))
+
+
+def spread_verdict(ratio: SpreadRatio) -> str:
+    """Verdict on "a varies less than b": reproduced if the interval of sd(a)/sd(b) lies below 1, not reproduced
+    if above 1, inconclusive otherwise."""
+    if math.isnan(ratio.ratio):
+        return INCONCLUSIVE
+    if ratio.high < 1:
+        return REPRODUCED
+    if ratio.low > 1:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE

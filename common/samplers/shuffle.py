@@ -47,15 +47,14 @@ class ShuffleBatchSampler(EpochBatchSampler):
         generator = self._generator()
         n, global_batch = len(self.labels), self.batch_size * self.world_size
         lo = self.rank * self.batch_size
-        order = torch.randperm(n, generator=generator)
-        position = 0
+        order = torch.randperm(n, generator=generator)  # what is left of the current pass, in order
         for _ in range(self.batches_per_epoch):
-            if position + global_batch > n:  # the rest of this pass, then the start of a new one
-                rest = order[position:]
-                order = torch.randperm(n, generator=generator)
-                fresh = order[~torch.isin(order, rest)]  # no sample twice within one batch
-                order = torch.cat([rest, fresh])
-                position = 0
-            batch = order[position : position + global_batch]
-            position += global_batch
+            if len(order) >= global_batch:
+                batch, order = order[:global_batch], order[global_batch:]
+            else:  # the end of this pass, filled from the start of the next (no sample twice in a batch)
+                rest, following = order, torch.randperm(n, generator=generator)
+                fill = torch.nonzero(~torch.isin(following, rest)).squeeze(1)[: global_batch - len(rest)]
+                keep = torch.ones(n, dtype=torch.bool)
+                keep[fill] = False
+                batch, order = torch.cat([rest, following[fill]]), following[keep]
             yield batch[lo : lo + self.batch_size].tolist()

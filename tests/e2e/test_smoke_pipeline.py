@@ -129,9 +129,9 @@ def test_check_reports_passes_when_current_and_names_the_stage_when_code_changes
 def test_a_change_to_a_loss_no_method_uses_stales_nothing(smoke_repo):
     repo, env, _ = smoke_repo
     for unrelated in (
-        "common/losses/ldam.py",
+        "common/losses/supcon.py",
         "common/samplers/class_balanced.py",
-        "common/optim/sam.py",
+        "common/losses/siglip.py",
     ):
         result = _check_reports_after_editing(repo, env, unrelated)
         assert result.returncode == 0, f"{unrelated}: {result.stderr}"
@@ -143,6 +143,48 @@ def test_a_change_to_an_optional_evaluation_stales_only_the_papers_that_use_it(s
     assert result.returncode == 2
     stale = {line.split(":")[0].strip("- ") for line in result.stderr.splitlines() if "modified" in line}
     assert stale == {"run-arcface-omniglot", "run-arcface-omniglot_noise20", "run-arcface-omniglot_noise40"}
+
+
+def test_a_change_to_sam_or_to_classifier_evaluation_stales_only_the_papers_that_use_it(smoke_repo):
+    repo, env, _ = smoke_repo
+
+    def stale_stages(relative: str) -> set[str]:
+        result = _check_reports_after_editing(repo, env, relative)
+        assert result.returncode == 2, result.stderr
+        return {line.split(":")[0].strip("- ") for line in result.stderr.splitlines() if "modified" in line}
+
+    sam_stages = {
+        f"run-sam-{d}" for d in yaml.safe_load((repo / "params.yaml").read_text())["sam"]["datasets"]
+    }
+    assert stale_stages("common/optim/sam.py") == sam_stages
+    classifier_stages = {
+        stage
+        for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+        if stage.startswith(("run-sam-", "run-polyloss-", "run-squentropy-", "run-ldam_drw-"))
+    }
+    assert stale_stages("common/engine/classification.py") == classifier_stages
+
+
+def test_classification_reports_have_their_tables_and_stay_off_the_retrieval_leaderboard(smoke_repo):
+    repo, _, _ = smoke_repo
+    for slug, columns in (
+        ("sam", ("top-1", "rho-sharpness (loss)", "Hessian λ_max")),
+        ("polyloss", ("top-1", "few-shot", "ECE")),
+        ("squentropy", ("top-1", "ECE", "NLL (nats)")),
+        ("ldam_drw", ("top-1", "many-shot", "medium-shot", "few-shot")),
+    ):
+        report = (repo / "reports" / f"{slug}.md").read_text()
+        header = next(line for line in report.splitlines() if line.startswith("| method |"))
+        for column in columns:
+            assert f" {column} |" in header, (slug, column)
+        records = list((repo / "records" / slug).glob("*/*/seed*.json"))
+        assert records and all("reliability" in json.loads(p.read_text()) for p in records)
+    assert "## Cost: time per epoch" in (repo / "reports" / "sam.md").read_text()
+    assert "## The epsilon sweep" in (repo / "reports" / "polyloss.md").read_text()
+    assert "## Spread over random initializations" in (repo / "reports" / "squentropy.md").read_text()
+    assert (repo / "reports" / "figures" / "squentropy" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    board = (repo / "reports" / "README.md").read_text().split("## Leaderboard")[1]
+    assert "squentropy.md" not in board and "sam.md" not in board, "no retrieval metrics, no leaderboard row"
 
 
 def test_audit_traces_every_run_and_flags_drift(smoke_repo):

@@ -10,6 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from common.engine.trainer import NonFiniteLossError
+from common.params import ConfigError
 from common.records import read_paper_records
 from common.runner import run_paper
 from tests.conftest import REPO
@@ -180,3 +181,22 @@ def test_the_same_seed_and_profile_give_identical_metrics_twice(
     for key, (metrics, history) in first.items():
         assert metrics == second[key][0], key
         assert [h["train_loss"] for h in history] == [h["train_loss"] for h in second[key][1]], key
+
+
+def test_a_classifier_on_a_class_disjoint_dataset_fails_before_training(tmp_path, tiny_prepared, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def classify_omniglot(params: dict) -> None:
+        params["multi_similarity"]["methods"]["ce"] = {"loss": {"name": "cross_entropy"}}
+
+    with pytest.raises(
+        ConfigError,
+        match=r"method ce\): loss 'cross_entropy' trains a classifier, but the test classes of omniglot",
+    ):
+        run_paper(
+            "multi_similarity",
+            "omniglot",
+            params_path=tiny_params(tmp_path, classify_omniglot),
+            prepared_root=tiny_prepared,
+        )
+    assert not Path("records").exists() and not Path("checkpoints").exists()

@@ -385,7 +385,6 @@ def test_build_unknown_kwarg(name, kwargs, bad):
         ("cross_entropy", {"class_weights": [0.0, 0.0]}, "class_weights"),
         ("cross_entropy", {"class_weights": 2.0}, "class_weights"),
         ("cross_entropy", {"class_counts": [10, 0, 5], "drw_epoch": 1}, "class_counts"),
-        ("cross_entropy", {"class_counts": [10, 5]}, "class_counts"),  # without drw_epoch: no effect
         ("cross_entropy", {"drw_epoch": 3}, "drw_epoch"),  # without class_counts
         ("cross_entropy", {"class_weights": [1.0, 2.0], "drw_epoch": 0}, "class_weights"),
         ("cross_entropy", {"class_counts": [10, 5], "drw_epoch": -1}, "drw_epoch"),
@@ -430,3 +429,9 @@ def test_out_of_range_hyperparameters(name, kwargs, arg):
 def test_bad_inputs_raise_value_error(name, kwargs, logits, targets):
     with pytest.raises(ValueError):
         build(name, **kwargs)(logits, targets)
+
+
+def test_cross_entropy_with_class_counts_but_no_drw_epoch_is_the_plain_cross_entropy():
+    logits, targets = batch(torch.float64, 5, num_classes=5)
+    engine_built = build("cross_entropy", class_counts=COUNTS)  # the engine always passes the counts
+    assert torch.equal(engine_built(logits, targets), F.cross_entropy(logits, targets))

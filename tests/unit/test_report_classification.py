@@ -1,0 +1,145 @@
+"""The report pieces of the classification papers: the spread ratio and its verdict, raw (non-%) metric
+formatting, the reliability diagrams, and the SAM, PolyLoss and squentropy sections on synthetic records."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+from common.paper import load_paper
+from common.report.build import ReportContext, format_interval
+from common.report.plots import reliability_diagrams
+from common.report.stats import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Interval,
+    spread_ratio,
+    spread_verdict,
+)
+
+
+def test_spread_ratio_is_the_ratio_of_standard_deviations():
+    a, b = [0.0, 2.0, 4.0], [0.0, 1.0, 2.0]
+    ratio = spread_ratio(a, b)
+    assert ratio.ratio == pytest.approx(statistics.stdev(a) / statistics.stdev(b))
+    assert ratio.low < ratio.ratio < ratio.high
+    assert math.isnan(spread_ratio([1.0], b).ratio) and spread_verdict(spread_ratio([1.0], b)) == INCONCLUSIVE
+
+
+def test_the_spread_interval_covers_the_true_ratio_about_95_percent_of_the_time():
+    rng = random.Random(0)
+    trials, covered = 2000, 0
+    for _ in range(trials):
+        a = [rng.gauss(0, 0.5) for _ in range(8)]
+        b = [rng.gauss(0, 1.0) for _ in range(8)]
+        ratio = spread_ratio(a, b)
+        covered += ratio.low <= 0.5 <= ratio.high
+    assert 0.93 < covered / trials < 0.97
+
+
+def test_spread_verdicts():
+    tight, wide = [0.50, 0.51, 0.49, 0.50, 0.51, 0.49, 0.50, 0.50], [0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.1, 0.9]
+    assert spread_verdict(spread_ratio(tight, wide)) == REPRODUCED
+    assert spread_verdict(spread_ratio(wide, tight)) == NOT_REPRODUCED
+    assert spread_verdict(spread_ratio(wide, list(reversed(wide)))) == INCONCLUSIVE
+
+
+def test_raw_metrics_are_not_shown_in_percent():
+    interval = Interval(0.4567, 0.0123, 3)
+    assert format_interval("top1_accuracy", interval) == "45.7 ± 1.2"
+    assert format_interval("nll", interval) == "0.457 ± 0.012"
+    assert format_interval("hessian_top_eigenvalue", vars(interval)) == "0.457 ± 0.012"
+
+
+def _record(method: str, seed: int, dataset: str = "d", **metrics: float) -> dict:
+    return {
+        "method": method,
+        "dataset": dataset,
+        "seed": seed,
+        "label": method.upper(),
+        "metrics": {"top1_accuracy": 0.8, **metrics},
+        "history": [{"epoch": 1, "epoch_seconds": 1.0, "train_loss": 1.0}],
+        "reliability": {
+            "edges": [0.0, 0.5, 1.0],
+            "confidence": [0.4, 0.9],
+            "accuracy": [0.5, None],
+            "count": [10, 0],
+        },
+    }
+
+
+def _context(
+    groups: dict, methods: list[str], datasets: list[str], slug: str, tmp_path: Path
+) -> ReportContext:
+    return ReportContext(load_paper(slug), groups, datasets, methods, tmp_path)
+
+
+def test_reliability_diagrams_draw_a_png_even_with_empty_bins(tmp_path):
+    groups = {("d", m): [_record(m, s) for s in range(2)] for m in ("a", "b")}
+    path = tmp_path / "reliability.png"
+    reliability_diagrams(groups, ["d"], path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sam_cost_section_divides_sam_time_by_sgd_time_per_seed(tmp_path):
+    from papers.sam.report import sections
+
+    sgd = [_record("sgd", s) for s in range(3)]
+    sam = [_record("sam", s) for s in range(3)]
+    for record, seconds in zip(sam, (2.0, 2.2, 1.8), strict=True):
+        record["history"][0]["epoch_seconds"] = seconds
+    lines = sections(_context({("d", "sgd"): sgd, ("d", "sam"): sam}, ["sgd", "sam"], ["d"], "sam", tmp_path))
+    row = next(line for line in lines if line.startswith("| d |"))
+    assert row.split(" | ")[3].startswith("2.00 ± ")
+
+
+def _tuned(
+    method: str, seed: int, dataset: str, scores: dict[float, float], chosen: float, top1: float
+) -> dict:
+    record = _record(method, seed, dataset, top1_accuracy=top1)
+    record["tuning"] = {
+        "trials": [{"point": {"loss.epsilon": e}, "mean": v, "values": [v]} for e, v in scores.items()],
+        "chosen": {"loss.epsilon": chosen},
+    }
+    return record
+
+
+@pytest.mark.parametrize(
+    ("second_scores", "second_chosen", "expected"),
+    [
+        ({-1.0: 0.70, 2.0: 0.80}, 2.0, REPRODUCED),  # different choices, each clearly better on its data
+        ({-1.0: 0.80, 2.0: 0.70}, -1.0, NOT_REPRODUCED),  # the same choice
+        ({-1.0: 0.799, 2.0: 0.80}, 2.0, INCONCLUSIVE),  # different, but by less than the seed noise
+    ],
+)
+def test_polyloss_sweep_verdict(second_scores, second_chosen, expected, tmp_path):
+    from papers.polyloss.report import sections
+
+    first = [
+        _tuned("poly1", s, "a", {-1.0: 0.80, 2.0: 0.70}, -1.0, t) for s, t in enumerate((0.80, 0.81, 0.79))
+    ]
+    second = [
+        _tuned("poly1", s, "b", second_scores, second_chosen, t) for s, t in enumerate((0.80, 0.81, 0.79))
+    ]
+    groups = {("a", "poly1"): first, ("b", "poly1"): second}
+    lines = sections(_context(groups, ["poly1"], ["a", "b"], "polyloss", tmp_path))
+    assert f"Best epsilon depends on the task: **{expected}**" in lines[-1]
+
+
+def test_squentropy_spread_section_compares_each_loss_with_squentropy(tmp_path):
+    from papers.squentropy.report import sections
+
+    tight = [0.80, 0.801, 0.799, 0.80, 0.801, 0.799, 0.80, 0.80]
+    wide = [0.70, 0.90, 0.65, 0.95, 0.75, 0.85, 0.60, 1.0]
+    groups = {
+        ("d", "squentropy"): [_record("squentropy", s, top1_accuracy=v) for s, v in enumerate(tight)],
+        ("d", "cross_entropy"): [_record("cross_entropy", s, top1_accuracy=v) for s, v in enumerate(wide)],
+    }
+    lines = sections(_context(groups, ["squentropy", "cross_entropy"], ["d"], "squentropy", tmp_path))
+    row = next(line for line in lines if "CROSS_ENTROPY" in line)
+    assert f"**{REPRODUCED}**" in row
