@@ -30,8 +30,8 @@ def sections(context: ReportContext) -> list[str]:
         "",
         "## The epsilon sweep: does the best epsilon depend on the task?",
         "",
-        "Poly-1's held-out top-1 (%) for each epsilon tried (the tuning trials: one seed, 20% of the training "
-        "images held out), per dataset; bold: the chosen epsilon, which the runs above used. The claim holds "
+        "Poly-1's held-out balanced accuracy (%) for each epsilon tried (the tuning trials: one seed, 20% of the "
+        "training images held out), per dataset; bold: the chosen epsilon, which the runs above used. The claim holds "
         "if the two datasets choose different epsilons and, on each dataset, its own choice beats the other's "
         "by more than the seed-to-seed half-width of Poly-1's test top-1 there (a one-seed difference smaller "
         "than that is noise).",
