@@ -303,17 +303,20 @@ def test_a_run_shows_its_record_report_figures_and_per_epoch_curves(smoke_repo, 
     run_url = f"{ui}/#/experiments/{_experiment_id(ui)}/runs/{run_id}"
 
     page.goto(f"{run_url}/artifacts")
-    page.get_by_text("record", exact=True).click()
-    page.get_by_text("seed0.json", exact=True).click()
+    # within the artifact tree: the experiment's name is also in the page header and the side bar, and a
+    # folder's children load after its click, so an unscoped `.last` can resolve to the header's link
+    tree = page.get_by_test_id("artifact-tree-node")
+    tree.get_by_text("record", exact=True).click()
+    tree.get_by_text("seed0.json", exact=True).click()
     page.get_by_text(run_id).first.wait_for()  # the record's preview holds the run's own id
 
-    page.get_by_text("report", exact=True).click()
-    page.get_by_text(f"{PAPER}.md", exact=True).wait_for()
-    page.get_by_text("figures", exact=True).click()
-    page.get_by_text(PAPER, exact=True).last.click()  # the folder under figures/, as in reports/
+    tree.get_by_text("report", exact=True).click()
+    tree.get_by_text(f"{PAPER}.md", exact=True).wait_for()
+    tree.get_by_text("figures", exact=True).click()
+    tree.get_by_text(PAPER, exact=True).click()  # the folder under figures/, as in reports/
     for figure in ("recall_at_k.png", "similarities.png", "training_loss.png"):
-        page.get_by_text(figure, exact=True).wait_for()
-    page.get_by_text("training_loss.png", exact=True).click()
+        tree.get_by_text(figure, exact=True).wait_for()
+    tree.get_by_text("training_loss.png", exact=True).click()
     image = page.get_by_alt_text(f"report/figures/{PAPER}/training_loss.png").first
     image.wait_for()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
