@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import yaml
@@ -26,58 +25,74 @@ def _code_deps(stage: dict) -> set[str]:
     return {d for d in stage["deps"] if d.endswith(".py")}
 
 
-def _runtime_imports(code: str) -> set[str]:
-    """Project files in sys.modules after running ``code`` in a fresh interpreter."""
-    script = textwrap.dedent(code) + textwrap.dedent(
-        """
-        import json, sys
-        from pathlib import Path
-        root = Path.cwd().resolve()
-        files = set()
-        for module in list(sys.modules.values()):
-            path = getattr(module, "__file__", None)
-            if path and Path(path).resolve().is_relative_to(root):
-                rel = Path(path).resolve().relative_to(root)
-                if rel.parts[0] in ("common", "papers"):
-                    files.add(rel.as_posix())
-        print(json.dumps(sorted(files)))
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
-    )
-    return set(json.loads(result.stdout.splitlines()[-1]))
-
-
 RUN_STAGES = [s for s in stages(PARAMS) if s.name.startswith("run-")]
+
+# What the runner really imports when it resolves, checks and builds every run of every profile of one stage.
+# One interpreter imports what every stage imports, then forks a child per stage (a fresh interpreter per
+# stage cost 5 s each): each child resolves its stage's runs and reports the project files in sys.modules.
+_IMPORTS_BY_STAGE = """
+import importlib, json, os, sys
+from pathlib import Path
+import torch
+from common import losses, models, optim, samplers
+from common.config import engine_loss_kwargs, load_paper_section, resolve_runs
+from common.engine.evaluation import evaluation_modules
+import common.runner
+
+def imports_of(paper, dataset):
+    for profile in load_paper_section(paper, "params.yaml").profiles:
+        for run in resolve_runs(paper, "params.yaml", profile):
+            if run.dataset != dataset:
+                continue
+            model = models.build(run.model.name, **run.model.kwargs)
+            extra = engine_loss_kwargs(run, model, class_counts=[3, 2, 1])
+            criterion = losses.build(run.loss.name, **run.loss.kwargs, **extra)
+            optim.build(run.optimizer.name, list(model.parameters()), **run.optimizer.kwargs)
+            samplers.SAMPLERS.get(run.sampler.name)
+            for module in evaluation_modules(run):
+                importlib.import_module(module)
+    root = Path.cwd().resolve()
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve().is_relative_to(root):
+            rel = Path(path).resolve().relative_to(root)
+            if rel.parts[0] in ("common", "papers"):
+                files.add(rel.as_posix())
+    return sorted(files)
+
+for name, paper, dataset in json.loads(sys.argv[1]):
+    sys.stdout.flush()
+    child = os.fork()
+    if child == 0:
+        try:
+            print(json.dumps([name, imports_of(paper, dataset)]), flush=True)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, name
+"""
+
+
+@pytest.fixture(scope="module")
+def imports_by_stage() -> dict[str, set[str]]:
+    jobs = [(s.name, s.cmd.split()[3], s.cmd.split()[-1]) for s in RUN_STAGES]
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_BY_STAGE, json.dumps(jobs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = dict(json.loads(line) for line in result.stdout.splitlines() if line.startswith('["run-'))
+    assert set(found) == {s.name for s in RUN_STAGES}, result.stderr[-3000:]
+    return {name: set(files) for name, files in found.items()}
 
 
 @pytest.mark.parametrize("stage", RUN_STAGES, ids=lambda s: s.name)
-def test_a_run_stage_lists_every_module_a_run_imports(stage):
-    """What the runner really imports when it resolves, checks and builds every run of every profile."""
-    paper, dataset = stage.cmd.split()[3], stage.cmd.split()[-1]
-    imported = _runtime_imports(
-        f"""
-        import importlib
-        import torch
-        from common import losses, models, optim, samplers
-        from common.config import engine_loss_kwargs, load_paper_section, resolve_runs
-        from common.engine.evaluation import evaluation_modules
-        import common.runner
-        for profile in load_paper_section({paper!r}, "params.yaml").profiles:
-            for run in resolve_runs({paper!r}, "params.yaml", profile):
-                if run.dataset != {dataset!r}:
-                    continue
-                model = models.build(run.model.name, **run.model.kwargs)
-                extra = engine_loss_kwargs(run, model, class_counts=[3, 2, 1])
-                criterion = losses.build(run.loss.name, **run.loss.kwargs, **extra)
-                optim.build(run.optimizer.name, list(model.parameters()), **run.optimizer.kwargs)
-                samplers.SAMPLERS.get(run.sampler.name)
-                for module in evaluation_modules(run):
-                    importlib.import_module(module)
-        """
-    )
-    listed = set(stage.code_deps())
+def test_a_run_stage_lists_every_module_a_run_imports(stage, imports_by_stage):
+    imported, listed = imports_by_stage[stage.name], set(stage.code_deps())
     assert imported <= listed, f"{stage.name}: imported but not in dvc.yaml: {sorted(imported - listed)}"
 
 
