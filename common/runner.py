@@ -154,13 +154,21 @@ def _checkpoint_dir(root: Path, run: RunConfig, code_hash: str) -> Path:
     return root / run.paper / run.dataset / method / f"seed{run.seed}-{run.config_hash()}-{code_hash}"
 
 
-def _is_done(path: Path, run: RunConfig, code_hash: str) -> bool:
-    """Done: a record of the same config made by the same code (a code change reruns everything)."""
+def _is_done(path: Path, run: RunConfig, code_hash: str, extra: dict[str, Any]) -> bool:
+    """Done: a record of the same config made by the same code (a code change reruns everything), with the
+    same ``extra`` keys (a tuned run whose trials now choose differently, or by another metric, reruns)."""
     if not path.is_file():
         return False
     try:
         record = read_record(path)
-        return record["config_hash"] == run.config_hash() and record["provenance"]["code_hash"] == code_hash
+        same_extra = all(record.get(key) == json.loads(json.dumps(value)) for key, value in extra.items())
+        if "tuning" in record and "tuning" not in extra:  # the paper is no longer tuned
+            return False
+        return (
+            record["config_hash"] == run.config_hash()
+            and record["provenance"]["code_hash"] == code_hash
+            and same_extra
+        )
     except (ValueError, KeyError):
         return False
 
@@ -260,22 +268,29 @@ def run_paper(
 
     trial_paths = {trial_record_path(records_root, r, point): (r, point) for r, point in trials}
     todo = [
-        (p, r, point) for p, (r, point) in trial_paths.items() if not _is_done(p, r, code_hashes[r.dataset])
+        (p, r, {"tuning_point": point})
+        for p, (r, point) in trial_paths.items()
+        if not _is_done(p, r, code_hashes[r.dataset], {"tuning_point": point})
     ]
     if trials and main:
         print(f"{paper}{'/' + dataset if dataset else ''}: tuning: {len(trials)} trials, {len(todo)} to run")
-    for path, run, point in tqdm(todo, desc=f"{paper} tuning trials", disable=not main):
-        _train_and_record(context, run, path, extra={"tuning_point": point})
+    for path, run, extra in tqdm(todo, desc=f"{paper} tuning trials", disable=not main):
+        _train_and_record(context, run, path, extra=extra)
     accelerator.wait_for_everyone()
-    if trials:
-        choices = choose_points(tune, trial_paths)
-        runs = [apply_point(r, choices[(r.dataset, r.method)]["chosen"]) for r in runs]
+    choices = choose_points(tune, trial_paths) if trials else {}
+    runs = [apply_point(r, choices[(r.dataset, r.method)]["chosen"]) if trials else r for r in runs]
+
+    def extra_of(run: RunConfig) -> dict[str, Any]:
+        return {"tuning": choices[(run.dataset, run.method)]} if trials else {}
 
     todo = [
         r
         for r in runs
         if not _is_done(
-            record_path(records_root, paper, r.dataset, r.method, r.seed), r, code_hashes[r.dataset]
+            record_path(records_root, paper, r.dataset, r.method, r.seed),
+            r,
+            code_hashes[r.dataset],
+            extra_of(r),
         )
     ]
     if main:
@@ -283,9 +298,11 @@ def run_paper(
             f"{paper}{'/' + dataset if dataset else ''}: {len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run"
         )
     for run in tqdm(todo, desc=f"{paper} runs", disable=not main):
-        extra = {"tuning": choices[(run.dataset, run.method)]} if trials else {}
         _train_and_record(
-            context, run, record_path(records_root, paper, run.dataset, run.method, run.seed), extra=extra
+            context,
+            run,
+            record_path(records_root, paper, run.dataset, run.method, run.seed),
+            extra=extra_of(run),
         )
     accelerator.end_training()  # waits for every rank, then closes the process group before exit
     return sorted(planned)

@@ -42,7 +42,7 @@ def evaluate_classifier(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """The run's metrics and its reliability-diagram bins (``edges``, ``confidence``, ``accuracy``, ``count``)."""
     spec = run.eval
-    logits = embed(model, test.images, device).double()
+    logits = criterion.test_logits(embed(model, test.images, device).double())
     num_classes = logits.shape[1]
     class_accuracy = per_class_accuracy(logits, test.labels, num_classes)
     metrics = {

@@ -86,6 +86,11 @@ class ClassificationLoss(nn.Module):
     def loss_from_logits(self, logits: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def test_logits(self, logits: Tensor) -> Tensor:
+        """The logits whose softmax is the trained model's class probabilities: those the loss's softmax
+        reads, less anything that exists only in training (a margin on the target, class weights)."""
+        return logits
+
 
 class DeferredReweighting:
     r"""Mixin: per-class weights of a cross-entropy, on from the start or switched on at an epoch.

@@ -59,6 +59,10 @@ class LDAMLoss(DeferredReweighting, ClassificationLoss):
         shifted = logits.scatter(1, target, logits.gather(1, target) - delta)
         return F.cross_entropy(self.s * shifted, targets, weight=self.class_weights_for(logits))
 
+    def test_logits(self, logits: Tensor) -> Tensor:
+        """``s * z``: the probabilities the scaled softmax gives, without the training-time margin."""
+        return self.s * logits
+
     def extra_repr(self) -> str:
         return (
             f"classes={len(self.margins)}, max_m={self.max_m}, s={self.s}, drw_epoch={self.drw_epoch}, "

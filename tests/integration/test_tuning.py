@@ -84,3 +84,26 @@ def test_each_method_runs_with_its_best_point_on_held_out_data(
     mtimes = {p: p.stat().st_mtime_ns for p in Path("records").rglob("*.json")}
     run_paper("multi_similarity", "omniglot", params_path=params, prepared_root=tiny_prepared)
     assert {p: p.stat().st_mtime_ns for p in Path("records").rglob("*.json")} == mtimes, "nothing reran"
+
+
+def test_a_changed_tuning_metric_reruns_the_reported_runs_but_not_the_trials(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path, _with_tuning)
+    run_paper("multi_similarity", "omniglot", params_path=params, prepared_root=tiny_prepared)
+    trials = {
+        p: p.stat().st_mtime_ns for p in Path("records/multi_similarity/omniglot/_tuning").rglob("*.json")
+    }
+    reported = {p: p.stat().st_mtime_ns for p in Path("records").glob("*/*/*/seed*.json")}
+    other = next(m for m in read_record(next(iter(trials)))["metrics"] if m != "map_at_r")
+
+    section = yaml.safe_load(params.read_text())
+    section["multi_similarity"]["tune"]["metric"] = other
+    params.write_text(yaml.safe_dump(section, sort_keys=False))
+    run_paper("multi_similarity", "omniglot", params_path=params, prepared_root=tiny_prepared)
+
+    assert {p: p.stat().st_mtime_ns for p in trials} == trials, "the trials' config is unchanged"
+    for path, before in reported.items():
+        assert path.stat().st_mtime_ns != before, f"{path} kept the tuning by the old metric"
+        assert read_record(path)["tuning"]["metric"] == other

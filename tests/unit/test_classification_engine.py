@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from common import losses
 from common.config import RunConfig, resolve_runs
 from common.engine.classification import evaluate_classifier
 from common.engine.evaluation import SplitTensors
@@ -384,7 +385,7 @@ def test_evaluate_classifier_matches_the_metrics_computed_by_hand(tmp_path):
     run = _eval_run(tmp_path, calibration_bins=10, shot_groups={"many": 40, "few": 10})
     model = _LogitsModel(4)
     metrics, reliability = evaluate_classifier(
-        run, model, nn.CrossEntropyLoss(), torch.device("cpu"), train, test
+        run, model, losses.build("cross_entropy"), torch.device("cpu"), train, test
     )
     logits = test.images.float().double()  # the evaluation reads the model's output as float32
     labels = test.labels.tolist()
@@ -430,15 +431,41 @@ def test_evaluate_classifier_matches_the_metrics_computed_by_hand(tmp_path):
     assert "sharpness_rho" not in metrics and "hessian_top_eigenvalue" not in metrics
 
 
+def test_the_probabilities_of_an_ldam_run_are_the_softmax_of_its_scaled_logits_without_margins(tmp_path):
+    train, test = _classification_data([50, 30, 12, 5])
+    run = _eval_run(tmp_path, calibration_bins=10)
+    cosines = SplitTensors(test.images / 10, test.labels)  # in [-1, 1], like a cosine classifier's
+    ldam = losses.build("ldam", class_counts=[50, 30, 12, 5], s=7.0)
+    metrics, reliability = evaluate_classifier(
+        run, _LogitsModel(4), ldam, torch.device("cpu"), train, cosines
+    )
+    scaled = 7.0 * cosines.images.float().double()
+    assert metrics["nll"] == pytest.approx(float(F.cross_entropy(scaled, test.labels)), rel=1e-9)
+    assert metrics["ece"] == pytest.approx(
+        expected_calibration_error(scaled, test.labels, 10, inputs="logits"), abs=1e-12
+    )
+    assert (
+        reliability["count"]
+        == reliability_diagram_bins(scaled, test.labels, 10, inputs="logits").count.tolist()
+    )
+    unscaled = expected_calibration_error(cosines.images.double(), test.labels, 10, inputs="logits")
+    assert abs(metrics["ece"] - unscaled) > 0.05, "the data must tell the scaled from the unscaled cosines"
+
+
 def test_a_shot_group_without_classes_is_left_out_and_without_shot_groups_there_are_none(tmp_path):
     train, test = _classification_data([50, 30, 12, 12])
     run = _eval_run(tmp_path / "a", shot_groups={"many": 40, "few": 10})
     metrics, _ = evaluate_classifier(
-        run, _LogitsModel(4), nn.CrossEntropyLoss(), torch.device("cpu"), train, test
+        run, _LogitsModel(4), losses.build("cross_entropy"), torch.device("cpu"), train, test
     )
     assert {"accuracy_many", "accuracy_medium"} <= set(metrics) and "accuracy_few" not in metrics
     plain, _ = evaluate_classifier(
-        _eval_run(tmp_path / "b"), _LogitsModel(4), nn.CrossEntropyLoss(), torch.device("cpu"), train, test
+        _eval_run(tmp_path / "b"),
+        _LogitsModel(4),
+        losses.build("cross_entropy"),
+        torch.device("cpu"),
+        train,
+        test,
     )
     assert not any(k.startswith("accuracy_") for k in plain)
     assert set(plain) == {"top1_accuracy", "balanced_accuracy", "nll", "ece"}
@@ -450,7 +477,7 @@ def test_a_class_missing_from_the_test_split_is_left_out_of_balanced_and_shot_ac
     test = SplitTensors(test.images[present], test.labels[present])
     run = _eval_run(tmp_path, shot_groups={"many": 40, "few": 10})
     metrics, _ = evaluate_classifier(
-        run, _LogitsModel(4), nn.CrossEntropyLoss(), torch.device("cpu"), train, test
+        run, _LogitsModel(4), losses.build("cross_entropy"), torch.device("cpu"), train, test
     )
     predicted = test.images.float().argmax(dim=1)
     per_class = [float((predicted[test.labels == k] == k).double().mean()) for k in range(3)]
@@ -463,7 +490,7 @@ def test_sharpness_metrics_appear_only_when_asked_for_and_use_the_spec(tmp_path)
     train, test = _classification_data([10, 10, 10, 10])
     spec = {"rho": 0.3, "samples": len(train.labels), "ascent_steps": 3, "power_iterations": 7}
     run = _eval_run(tmp_path, sharpness=spec)
-    criterion = nn.CrossEntropyLoss()
+    criterion = losses.build("cross_entropy")
     model = _LogitsModel(4)
     saved = _snapshot(model)
     metrics, _ = evaluate_classifier(run, model, criterion, torch.device("cpu"), train, test)

@@ -143,17 +143,3 @@ def test_squentropy_spread_section_compares_each_loss_with_squentropy(tmp_path):
     lines = sections(_context(groups, ["squentropy", "cross_entropy"], ["d"], "squentropy", tmp_path))
     row = next(line for line in lines if "CROSS_ENTROPY" in line)
     assert f"**{REPRODUCED}**" in row
-
-
-def test_ldam_section_names_the_cosine_classifier_rows_and_only_them(tmp_path):
-    from papers.ldam_drw.report import sections
-
-    def with_classifier(method: str, classifier: str | None) -> dict:
-        record = _record(method, 0)
-        record["config"] = {"classifier": classifier}
-        return record
-
-    groups = {("d", "ce"): [with_classifier("ce", None)], ("d", "ldam"): [with_classifier("ldam", "cosine")]}
-    lines = sections(_context(groups, ["ce", "ldam"], ["d"], "ldam_drw", tmp_path))
-    assert lines[-1].startswith("LDAM read cosine logits")
-    assert sections(_context({("d", "ce"): groups[("d", "ce")]}, ["ce"], ["d"], "ldam_drw", tmp_path)) == []
