@@ -136,8 +136,28 @@ def _exact_topk(values: Tensor, cols: Tensor | None, k: int) -> tuple[Tensor, Te
     return _sorted_by_value_then_column(vals, out_cols)
 
 
+def _nonzero_flat(mask: Tensor, limit: int) -> Tensor | None:
+    """Flat indices of the true entries of a contiguous ``mask``, increasing; ``None`` above ``limit``.
+
+    ``torch.nonzero`` costs about the same per element whatever the dtype, so with few true entries it
+    is cheaper to find the nonzero 8-byte words first and then the true entries among their 8 bytes.
+    """
+    flat = mask.view(-1)
+    if flat.numel() % 8:
+        nz = torch.nonzero(flat).squeeze(1)
+        return nz if len(nz) <= limit else None
+    words = torch.nonzero(flat.view(torch.int64)).squeeze(1)
+    if len(words) > limit:  # every such word holds at least one true entry
+        return None
+    entries = flat.view(-1, 8).index_select(0, words)
+    if int(torch.count_nonzero(entries)) > limit:
+        return None
+    sub = torch.nonzero(entries.view(-1)).squeeze(1)
+    return words.index_select(0, sub >> 3) * 8 + (sub & 7)
+
+
 def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[Tensor, Tensor]:
-    """Top k of each row of ``sims`` (descending; ties by ascending column); exact.
+    """Top k of each row of ``sims`` (contiguous; descending; ties by ascending column); exact.
 
     With ``block > 1`` the row is cut into strided blocks (block j holds the columns j, j + m,
     j + 2m, ... for m blocks) and the threshold is the k-th largest block maximum. Those k maxima
@@ -152,17 +172,18 @@ def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[T
         num_blocks = width // block
         block_max = sims.view(rows, block, num_blocks).amax(dim=1)
         threshold = torch.topk(block_max, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-        keep = sims >= threshold
-        if int(torch.count_nonzero(keep)) <= max_candidates:
-            r, c = torch.nonzero(keep, as_tuple=True)  # row-major: columns increase within a row
+        flat = _nonzero_flat(sims >= threshold, max_candidates)  # row-major: columns increase in a row
+        if flat is not None:
+            r = torch.div(flat, width, rounding_mode="floor")
             counts = torch.bincount(r, minlength=rows)
             width_c = int(counts.max())
             starts = torch.cumsum(counts, 0) - counts
-            flat = r * width_c + (torch.arange(len(r), device=r.device) - starts[r])
+            pos = r * width_c + (torch.arange(len(r), device=r.device) - starts.index_select(0, r))
+            # index_select / index_copy_: much faster than advanced indexing on CPU
             cand = torch.full((rows * width_c,), float("-inf"), dtype=sims.dtype, device=sims.device)
+            cand.index_copy_(0, pos, sims.view(-1).index_select(0, flat))
             cand_cols = torch.zeros(rows * width_c, dtype=torch.long, device=sims.device)
-            cand[flat] = sims.view(-1)[r * width + c]
-            cand_cols[flat] = c
+            cand_cols.index_copy_(0, pos, flat - r * width)
             return _exact_topk(cand.view(rows, width_c), cand_cols.view(rows, width_c), k)
     return _exact_topk(sims, None, k)
 

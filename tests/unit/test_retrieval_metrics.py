@@ -336,6 +336,16 @@ def test_dtypes_and_no_grad():
     assert all(isinstance(v, float) for v in out32.values())
 
 
+def test_nonzero_flat_matches_nonzero():
+    g = torch.Generator().manual_seed(14)
+    for shape, p in [((64, 48), 0.02), ((37, 41), 0.05), ((16, 800), 0.5), ((3, 8), 1.0), ((5, 16), 0.0)]:
+        mask = torch.rand(shape, generator=g) < p
+        expected = torch.nonzero(mask.view(-1)).squeeze(1)
+        assert torch.equal(retrieval_module._nonzero_flat(mask, mask.numel()), expected)
+        if len(expected) > 0:
+            assert retrieval_module._nonzero_flat(mask, len(expected) - 1) is None
+
+
 # --------------------------------------------------------------------------------------------
 # NMI and k-means
 # --------------------------------------------------------------------------------------------
