@@ -256,10 +256,7 @@ class _MirrorCache:
         return self.held >= self.max_blocks
 
     def put(self, chunk: int, column: int, block: Tensor) -> None:
-        """Keep ``block.T`` for ``chunk``, at its first ``column`` (the cache must not be full).
-
-        ``block`` should be contiguous: torch then transposes it tile by tile, much faster.
-        """
+        """Keep ``block.T`` for ``chunk``, at its first ``column`` (the cache must not be full)."""
         if self._free:
             store = self._free.pop()
         else:
@@ -314,7 +311,6 @@ def _iter_topk(
     if symmetric and len(bounds) > 1 and chunk_size >= _MIRROR_MIN_CHUNK and _mirror_ok(query):
         max_blocks = int(_MIRROR_STRIPS * n_ref) // chunk_size
         cache = _MirrorCache(len(bounds), chunk_size, max_blocks, buf)
-        tmp = buf.new_empty(buf_rows, chunk_size)
     for i, (start, stop) in enumerate(bounds):
         rows = stop - start
         q = query[start:stop]
@@ -332,21 +328,13 @@ def _iter_topk(
                 done = column + kept.shape[1]
             if start > done:
                 _mm_cols(q, ref_t, out, done, start)
-            # the blocks of later chunks, nearest first, while the cache has room: one GEMM per block into a
-            # small contiguous buffer, cache-hot for the two copies; the rest of the row in one GEMM
-            done = start
+            # the own block and all later columns in one GEMM; then the blocks of later chunks, nearest
+            # first, are kept (transposed) while the cache has room
+            _mm_cols(q, ref_t, out, start, width)
             for j in range(i + 1, len(bounds)):
-                s_j, e_j = bounds[j]
-                if e_j - s_j < _MIN_GEMM_ROWS or cache.full:
+                if cache.full:
                     break
-                _mm_cols(q, ref_t, out, done, s_j)
-                part = tmp.view(-1)[: len(q) * (e_j - s_j)].view(len(q), e_j - s_j)
-                torch.mm(q, ref_t[:, s_j:e_j], out=part)
-                out[:, s_j:e_j].copy_(part)
-                cache.put(j, start, part[:rows])
-                done = e_j
-            if done < n_ref:
-                _mm_cols(q, ref_t, out, done, width)
+                cache.put(j, start, out[:rows, bounds[j][0] : bounds[j][1]])
         sims = out[:rows]
         if width > n_ref:
             sims[:, n_ref:] = float("-inf")
