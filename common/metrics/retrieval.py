@@ -40,7 +40,9 @@ entry of temporaries), keeps its top k (k = the largest of ``max(ks)`` and the l
 the block, so the full similarity matrix never exists. Lower ``chunk_size`` for huge galleries.
 Within a block, the top k is found exactly but without a ``torch.topk`` over whole rows: the k-th
 largest maximum of ``~3k`` strided column blocks is a threshold that at least k entries reach, and
-only the entries at or above it (a few more than k on real data) are ranked.
+only the entries at or above it (a few more than k on real data) are ranked: in float32 by one
+stable sort of all the block's candidates on an int64 key (row, then value), in other dtypes
+packed into rows and ranked with ``torch.topk``.
 
 In leave-one-out mode (float32 on CPU) the similarity matrix is symmetric, and the GEMM is done
 about once per pair of chunks instead of twice ("mirroring"): chunk i computes its rows against
@@ -171,6 +173,25 @@ def _nonzero_flat(mask: Tensor, limit: int) -> Tensor | None:
     return words.index_select(0, sub >> 3) * 8 + (sub & 7)
 
 
+def _ranked_float32_candidates(
+    values: Tensor, flat: Tensor, row: Tensor, starts: Tensor, width: int, k: int
+) -> tuple[Tensor, Tensor]:
+    """Top k of each row from float32 candidates listed row by row, columns increasing (``flat``).
+
+    One stable sort of int64 keys: the row in the high 32 bits, the value's bits (made monotone,
+    reversed) in the low 32. Each row then comes out by decreasing value, equal values keeping
+    their column order, and its first k entries are its top k (every row has at least k).
+    """
+    bits = values.view(torch.int32).long()
+    descending = torch.where(bits >= 0, -bits, bits + 2**31) + 2**31  # in [1, 2^32); -0.0 == +0.0
+    order = torch.sort((row << 32) | descending, stable=True).indices
+    rows = len(starts)
+    top = order.index_select(0, (starts[:, None] + torch.arange(k, device=starts.device)).view(-1))
+    vals = values.index_select(0, top).view(rows, k)
+    cols = flat.index_select(0, top).view(rows, k) - width * torch.arange(rows, device=flat.device)[:, None]
+    return vals, cols
+
+
 def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[Tensor, Tensor]:
     """Top k of each row of ``sims`` (contiguous; descending; ties by ascending column); exact.
 
@@ -189,14 +210,18 @@ def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[T
         threshold = torch.topk(block_max, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
         flat = _nonzero_flat(sims >= threshold, max_candidates)  # row-major: columns increase in a row
         if flat is not None:
+            # index_select / index_copy_: much faster than advanced indexing on CPU
+            values = sims.view(-1).index_select(0, flat)
             r = torch.div(flat, width, rounding_mode="floor")
             counts = torch.bincount(r, minlength=rows)
-            width_c = int(counts.max())
             starts = torch.cumsum(counts, 0) - counts
+            if sims.dtype == torch.float32:
+                return _ranked_float32_candidates(values, flat, r, starts, width, k)
+            # other dtypes: candidates packed into rows (padded with -inf), then ranked row by row
+            width_c = int(counts.max())
             pos = r * width_c + (torch.arange(len(r), device=r.device) - starts.index_select(0, r))
-            # index_select / index_copy_: much faster than advanced indexing on CPU
             cand = torch.full((rows * width_c,), float("-inf"), dtype=sims.dtype, device=sims.device)
-            cand.index_copy_(0, pos, sims.view(-1).index_select(0, flat))
+            cand.index_copy_(0, pos, values)
             cand_cols = torch.zeros(rows * width_c, dtype=torch.long, device=sims.device)
             cand_cols.index_copy_(0, pos, flat - r * width)
             return _exact_topk(cand.view(rows, width_c), cand_cols.view(rows, width_c), k)

@@ -346,6 +346,37 @@ def test_nonzero_flat_matches_nonzero():
             assert retrieval_module._nonzero_flat(mask, len(expected) - 1) is None
 
 
+def test_ranked_float32_candidates_follow_the_tie_rule():
+    # the int64 sort keys order float32 values exactly: ties (including -0.0 and +0.0), negatives,
+    # subnormals and the extremes come out as a stable descending sort, equal values by column
+    g = torch.Generator().manual_seed(15)
+    pool = torch.tensor([1.0, 0.5, 0.5, 0.0, -0.0, -0.25, 1e-40, -1e-40, -3.0, 3.4e38, -3.4e38])
+    rows, width, k = 7, 60, 25
+    sims = pool[torch.randint(len(pool), (rows, width), generator=g)]
+    keep = torch.rand(rows, width, generator=g) < 0.6
+    keep[:, :k] = True  # at least k candidates a row
+    flat = torch.nonzero(keep.view(-1)).squeeze(1)
+    row = flat // width
+    counts = torch.bincount(row, minlength=rows)
+    vals, cols = retrieval_module._ranked_float32_candidates(
+        sims.view(-1)[flat], flat, row, torch.cumsum(counts, 0) - counts, width, k
+    )
+    masked = torch.where(keep, sims, torch.tensor(float("-inf")))
+    ref_vals, ref_cols = torch.sort(masked, dim=1, descending=True, stable=True)
+    assert torch.equal(cols, ref_cols[:, :k])
+    assert torch.equal(vals, ref_vals[:, :k])
+
+
+def test_neighbors_float64_block_path():
+    # float64 takes the packed-rows ranking instead of the float32 sort keys: same tie rule
+    x = tied_embeddings(300, 12, seed=4).double()
+    assert retrieval_module._block_size(300, 18) > 1
+    sims, idx = nearest_neighbors(x, None, 18, chunk_size=64, exclude_self=True)
+    ref_sims, ref_idx = stable_reference_neighbors(x, x, 18, exclude_self=True)
+    assert torch.equal(idx, ref_idx) and torch.equal(sims, ref_sims)
+    assert sims.dtype == torch.float64
+
+
 # --------------------------------------------------------------------------------------------
 # leave-one-out mirroring: each similarity block computed once, its transpose reused
 # --------------------------------------------------------------------------------------------
