@@ -41,17 +41,17 @@ the block, so the full similarity matrix never exists. Lower ``chunk_size`` for 
 Within a block, the top k is found exactly but without a ``torch.topk`` over whole rows: the k-th
 largest maximum of ``~3k`` strided column blocks is a threshold that at least k entries reach, and
 only the entries at or above it (a few more than k on real data) are ranked: in float32 by one
-stable sort of all the block's candidates on an int64 key (row, then value), in other dtypes
+stable sort of all the step's candidates on an int64 key (row, then value), in other dtypes
 packed into rows and ranked with ``torch.topk``.
 
-In leave-one-out mode (float32 on CPU) the similarity matrix is symmetric, and the GEMM is done
-about once per pair of chunks instead of twice ("mirroring"): chunk i computes its rows against
-its own columns and those of the later chunks, and keeps the block against chunk j, transposed,
-for chunk j, which copies it instead of computing it. The kept blocks are capped at
+In leave-one-out mode (float32 on CPU) the similarity matrix is symmetric, so the block of
+similarities between two chunks need only be computed once ("mirroring"): chunk i computes its
+rows against its own columns and those of the later chunks, and keeps the block against chunk j,
+transposed, for chunk j, which copies it instead of computing it. The kept blocks are capped at
 ``_MIRROR_STRIPS`` (2) strips' worth, ``2 x chunk_size x n`` floats, filled nearest chunk first; a
 block that finds the cap reached is computed by its own chunk as usual. Peak memory in this mode is
 thus about ``3 x chunk_size x n`` floats (4 bytes each) plus the temporaries. At n = 20,000 with
-the default ``chunk_size`` of 1024 the call's peak memory grows by 330 MB (160 MB without
+the default ``chunk_size`` of 1024 the call's peak memory grows by 330 MB (175 MB without
 mirroring), and 120 of the 190 blocks above the diagonal are mirrored; keeping every block would
 take up to ``n^2 / 4`` floats (400 MB there, 3.6 GB at n = 60,000). Chunks of fewer than 128 rows
 are not mirrored (there the extra copies and Python cost as much as the GEMM they save).
@@ -243,10 +243,11 @@ _MIRROR_MIN_CHUNK = 128
 def _mirror_ok(x: Tensor) -> bool:
     """Whether a mirrored (transposed) similarity block is bit-identical to the directly computed one.
 
-    Checked by the tests for float32 on CPU (MKL). In float64, MKL's rounding depends on the GEMM's
+    Checked by the tests for float32 on CPU with MKL (other BLAS libraries are not checked, so they
+    compute every block). In float64, MKL's rounding depends on the GEMM's
     shape (not even the chunk size is neutral there); other devices are not checked.
     """
-    return x.device.type == "cpu" and x.dtype == torch.float32
+    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkl.is_available()
 
 
 def _mm_cols(q: Tensor, ref_t: Tensor, out: Tensor, lo: int, hi: int) -> None:
@@ -285,9 +286,11 @@ class _MirrorCache:
         if self._free:
             store = self._free.pop()
         else:
-            store = self._like.new_empty(self._chunk_size, self._chunk_size)
+            # rows 16 floats longer than the block: a power-of-two row stride would send the transposed
+            # writes of one column to a few cache sets
+            store = self._like.new_empty(self._chunk_size, self._chunk_size + 16)
             self.allocated += 1
-        kept = store.view(-1)[: block.numel()].view(block.shape[1], block.shape[0])
+        kept = store[: block.shape[1], : block.shape[0]]
         kept.copy_(block.T)
         self._blocks[chunk].append((column, kept, store))
         self.held += 1

@@ -382,6 +382,11 @@ def test_neighbors_float64_block_path():
 # --------------------------------------------------------------------------------------------
 
 
+needs_mkl = pytest.mark.skipif(
+    not torch.backends.mkl.is_available(), reason="mirroring is used (and checked) only with MKL"
+)
+
+
 @pytest.fixture
 def mirror_caches(monkeypatch):
     """Every _MirrorCache made while the test runs (mirroring on for chunks of 16 rows and more)."""
@@ -404,6 +409,7 @@ def padded_reference(x: torch.Tensor) -> torch.Tensor:
     return ref_t
 
 
+@needs_mkl
 @pytest.mark.parametrize("dim", [3, 12, 64, 128])
 def test_mirrored_blocks_are_bit_identical(dim):
     # the premise of mirroring, on this machine: a block computed as (rows b) x (columns a) and transposed
@@ -428,6 +434,7 @@ def tied_and_clustered() -> list[torch.Tensor]:
     return [tied_embeddings(500, 12, seed=2), x]
 
 
+@needs_mkl
 @pytest.mark.parametrize("strips", [0.5, 1, 100])
 @pytest.mark.parametrize("chunk_size", [16, 20, 64, 150])
 def test_mirrored_neighbors_equal_direct(mirror_caches, strips, chunk_size, monkeypatch):
@@ -451,6 +458,7 @@ def test_mirrored_neighbors_equal_direct(mirror_caches, strips, chunk_size, monk
     assert torch.equal(idx, ref_idx) and torch.equal(sims.double(), ref_sims)
 
 
+@needs_mkl
 @pytest.mark.parametrize("chunk_size", [16, 64, 100, 1024])
 def test_mirrored_metrics_equal_direct(mirror_caches, chunk_size, monkeypatch):
     # retrieval_metrics in leave-one-out mode, mirrored and not: exactly the same numbers
@@ -468,6 +476,7 @@ def test_mirrored_metrics_equal_direct(mirror_caches, chunk_size, monkeypatch):
         assert mirror_caches == []
 
 
+@needs_mkl
 @pytest.mark.parametrize("strips", [0.5, 1, 3])
 def test_mirror_cache_memory_is_bounded(mirror_caches, strips, monkeypatch):
     # at most strips * n / chunk_size blocks of chunk_size^2 floats are held at once, i.e. at most `strips`
@@ -487,6 +496,7 @@ def test_mirror_cache_memory_is_bounded(mirror_caches, strips, monkeypatch):
     assert mirror_caches[-1].mirrored == 190 and mirror_caches[-1].allocated == 100
 
 
+@needs_mkl
 def test_mirroring_only_where_checked(mirror_caches):
     x, y = clustered(300, 5, 8, noise=1.0, seed=13)
     nearest_neighbors(x, x, 5, chunk_size=64, exclude_self=True)  # a reference given: direct
