@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
-from common.metrics.retrieval import retrieval_metrics
+# this checkout's common/, not the copy the virtualenv's editable install points at (another worktree)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.metrics.retrieval import retrieval_metrics  # noqa: E402
 
 PAIRS = {
     "precision_at_1": "precision_at_1",

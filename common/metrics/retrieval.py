@@ -40,13 +40,30 @@ entry of temporaries), keeps its top k (k = the largest of ``max(ks)`` and the l
 the block, so the full similarity matrix never exists. Lower ``chunk_size`` for huge galleries.
 Within a block, the top k is found exactly but without a ``torch.topk`` over whole rows: the k-th
 largest maximum of ``~3k`` strided column blocks is a threshold that at least k entries reach, and
-only the entries at or above it (a few more than k on real data) are ranked.
+only the entries at or above it (a few more than k on real data) are ranked: in float32 by one
+stable sort of all the step's candidates on an int64 key (row, then value), in other dtypes
+packed into rows and ranked with ``torch.topk``.
+
+In leave-one-out mode (float32 on CPU) the similarity matrix is symmetric, so the block of
+similarities between two chunks need only be computed once ("mirroring"): chunk i computes its
+rows against its own columns and those of the later chunks, and keeps the block against chunk j,
+transposed, for chunk j, which copies it instead of computing it. The kept blocks are capped at
+``_MIRROR_STRIPS`` (2) strips' worth, ``2 x chunk_size x n`` floats, filled nearest chunk first; a
+block that finds the cap reached is computed by its own chunk as usual. Peak memory in this mode is
+thus about ``3 x chunk_size x n`` floats (4 bytes each) plus the temporaries. At n = 20,000 with
+the default ``chunk_size`` of 1024 the call's peak memory grows by 330 MB (175 MB without
+mirroring), and 120 of the 190 blocks above the diagonal are mirrored; keeping every block would
+take up to ``n^2 / 4`` floats (400 MB there, 3.6 GB at n = 60,000). Chunks of fewer than 128 rows
+are not mirrored (there the extra copies and Python cost as much as the GEMM they save).
 
 Ties are broken deterministically: equal similarities are ordered by ascending reference index
 (what a stable descending sort of each row gives), whatever the device's top-k does. Every GEMM has
-at least 16 rows (a short last chunk is zero-padded), because BLAS small-matrix kernels round
-differently; on CPU (MKL) each similarity is then bit-identical for any ``chunk_size``, so the
-chunk size cannot change a result.
+at least 16 rows (a short last chunk is zero-padded) and 16 columns (a narrow column range is
+widened), because BLAS small-matrix kernels round differently. On CPU (MKL) each float32 similarity
+is then bit-identical for any ``chunk_size`` and whether it was computed directly or mirrored, so
+neither the chunk size nor mirroring can change a result (the tests check both). In float64 MKL
+rounds some GEMM shapes differently, so there a different ``chunk_size`` can change the last bit of
+a similarity, and mirroring is not used.
 
 This module imports only torch and the standard library.
 """
@@ -136,8 +153,47 @@ def _exact_topk(values: Tensor, cols: Tensor | None, k: int) -> tuple[Tensor, Te
     return _sorted_by_value_then_column(vals, out_cols)
 
 
+def _nonzero_flat(mask: Tensor, limit: int) -> Tensor | None:
+    """Flat indices of the true entries of a contiguous ``mask``, increasing; ``None`` above ``limit``.
+
+    ``torch.nonzero`` costs about the same per element whatever the dtype, so with few true entries it
+    is cheaper to find the nonzero 8-byte words first and then the true entries among their 8 bytes.
+    """
+    flat = mask.view(-1)
+    if flat.numel() % 8:
+        nz = torch.nonzero(flat).squeeze(1)
+        return nz if len(nz) <= limit else None
+    words = torch.nonzero(flat.view(torch.int64)).squeeze(1)
+    if len(words) > limit:  # every such word holds at least one true entry
+        return None
+    entries = flat.view(-1, 8).index_select(0, words)
+    if int(torch.count_nonzero(entries)) > limit:
+        return None
+    sub = torch.nonzero(entries.view(-1)).squeeze(1)
+    return words.index_select(0, sub >> 3) * 8 + (sub & 7)
+
+
+def _ranked_float32_candidates(
+    values: Tensor, flat: Tensor, row: Tensor, starts: Tensor, width: int, k: int
+) -> tuple[Tensor, Tensor]:
+    """Top k of each row from float32 candidates listed row by row, columns increasing (``flat``).
+
+    One stable sort of int64 keys: the row in the high 32 bits, the value's bits (made monotone,
+    reversed) in the low 32. Each row then comes out by decreasing value, equal values keeping
+    their column order, and its first k entries are its top k (every row has at least k).
+    """
+    bits = values.view(torch.int32).long()
+    descending = torch.where(bits >= 0, -bits, bits + 2**31) + 2**31  # in [1, 2^32); -0.0 == +0.0
+    order = torch.sort((row << 32) | descending, stable=True).indices
+    rows = len(starts)
+    top = order.index_select(0, (starts[:, None] + torch.arange(k, device=starts.device)).view(-1))
+    vals = values.index_select(0, top).view(rows, k)
+    cols = flat.index_select(0, top).view(rows, k) - width * torch.arange(rows, device=flat.device)[:, None]
+    return vals, cols
+
+
 def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[Tensor, Tensor]:
-    """Top k of each row of ``sims`` (descending; ties by ascending column); exact.
+    """Top k of each row of ``sims`` (contiguous; descending; ties by ascending column); exact.
 
     With ``block > 1`` the row is cut into strided blocks (block j holds the columns j, j + m,
     j + 2m, ... for m blocks) and the threshold is the k-th largest block maximum. Those k maxima
@@ -152,31 +208,118 @@ def _topk_rows(sims: Tensor, k: int, block: int, max_candidates: int) -> tuple[T
         num_blocks = width // block
         block_max = sims.view(rows, block, num_blocks).amax(dim=1)
         threshold = torch.topk(block_max, k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-        keep = sims >= threshold
-        if int(torch.count_nonzero(keep)) <= max_candidates:
-            r, c = torch.nonzero(keep, as_tuple=True)  # row-major: columns increase within a row
+        flat = _nonzero_flat(sims >= threshold, max_candidates)  # row-major: columns increase in a row
+        if flat is not None:
+            # index_select / index_copy_: much faster than advanced indexing on CPU
+            values = sims.view(-1).index_select(0, flat)
+            r = torch.div(flat, width, rounding_mode="floor")
             counts = torch.bincount(r, minlength=rows)
-            width_c = int(counts.max())
             starts = torch.cumsum(counts, 0) - counts
-            flat = r * width_c + (torch.arange(len(r), device=r.device) - starts[r])
+            if sims.dtype == torch.float32:
+                return _ranked_float32_candidates(values, flat, r, starts, width, k)
+            # other dtypes: candidates packed into rows (padded with -inf), then ranked row by row
+            width_c = int(counts.max())
+            pos = r * width_c + (torch.arange(len(r), device=r.device) - starts.index_select(0, r))
             cand = torch.full((rows * width_c,), float("-inf"), dtype=sims.dtype, device=sims.device)
+            cand.index_copy_(0, pos, values)
             cand_cols = torch.zeros(rows * width_c, dtype=torch.long, device=sims.device)
-            cand[flat] = sims.view(-1)[r * width + c]
-            cand_cols[flat] = c
+            cand_cols.index_copy_(0, pos, flat - r * width)
             return _exact_topk(cand.view(rows, width_c), cand_cols.view(rows, width_c), k)
     return _exact_topk(sims, None, k)
 
 
 # BLAS libraries switch to differently-rounding small-matrix kernels for a GEMM with few rows (MKL: fewer
-# than 16, except some sizes). Padding every chunk to at least this many rows keeps each similarity
-# bit-identical whatever the chunk size, so chunking cannot flip a near-tie.
+# than 16, except some sizes) or, in float32, few columns (MKL: 9 to 11). Every GEMM here has at least this
+# many rows (a short chunk is zero-padded) and columns (a narrow column range is widened), which keeps each
+# float32 similarity bit-identical whatever the chunk size, so chunking cannot flip a near-tie.
 _MIN_GEMM_ROWS = 16
+
+# Leave-one-out mirroring (_MirrorCache): at most this many chunk x n strips' worth of similarity blocks are
+# kept at a time, and chunks of fewer rows are not mirrored (small blocks cost more than the GEMM they save).
+_MIRROR_STRIPS = 2
+_MIRROR_MIN_CHUNK = 128
+
+
+def _mirror_ok(x: Tensor) -> bool:
+    """Whether a mirrored (transposed) similarity block is bit-identical to the directly computed one.
+
+    Checked by the tests for float32 on CPU with MKL (other BLAS libraries are not checked, so they
+    compute every block). In float64, MKL's rounding depends on the GEMM's
+    shape (not even the chunk size is neutral there); other devices are not checked.
+    """
+    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkl.is_available()
+
+
+def _mm_cols(q: Tensor, ref_t: Tensor, out: Tensor, lo: int, hi: int) -> None:
+    """``out[:, lo:hi] = q @ ref_t[:, lo:hi]``, the range widened to at least 16 columns."""
+    if hi <= lo:
+        return
+    hi = min(max(hi, lo + _MIN_GEMM_ROWS), ref_t.shape[1])
+    lo = min(lo, hi - _MIN_GEMM_ROWS)
+    torch.mm(q, ref_t[:, lo:hi], out=out[:, lo:hi])
+
+
+class _MirrorCache:
+    """Similarity blocks kept, transposed, for later chunks of a symmetric (leave-one-out) search.
+
+    Rows of chunk i against the columns of chunk j are, transposed, rows of chunk j against the
+    columns of chunk i: chunk i puts that block here and chunk j takes it instead of computing it.
+    At most ``max_blocks`` blocks are held at a time, each in a ``chunk_size x chunk_size`` tensor
+    that is reused once taken (fresh tensors would cost page faults at every block).
+    """
+
+    def __init__(self, num_chunks: int, chunk_size: int, max_blocks: int, like: Tensor) -> None:
+        self._blocks: list[list[tuple[int, Tensor, Tensor]]] = [[] for _ in range(num_chunks)]
+        self._free: list[Tensor] = []
+        self._chunk_size, self._like = chunk_size, like
+        self.max_blocks = max_blocks
+        self.held = 0
+        self.allocated = 0  # chunk x chunk tensors created: the most blocks held at once
+        self.mirrored = 0  # blocks taken, each one GEMM block saved
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.max_blocks
+
+    def put(self, chunk: int, column: int, block: Tensor) -> None:
+        """Keep ``block.T`` for ``chunk``, at its first ``column`` (the cache must not be full)."""
+        if self._free:
+            store = self._free.pop()
+        else:
+            # rows 16 floats longer than the block: a power-of-two row stride would send the transposed
+            # writes of one column to a few cache sets
+            store = self._like.new_empty(self._chunk_size, self._chunk_size + 16)
+            self.allocated += 1
+        kept = store[: block.shape[1], : block.shape[0]]
+        kept.copy_(block.T)
+        self._blocks[chunk].append((column, kept, store))
+        self.held += 1
+
+    def take(self, chunk: int) -> list[tuple[int, Tensor]]:
+        """The blocks kept for ``chunk`` as ``(first column, block)``, by column; valid until the next put."""
+        blocks, self._blocks[chunk] = self._blocks[chunk], []
+        self._free.extend(store for _, _, store in blocks)
+        self.held -= len(blocks)
+        self.mirrored += len(blocks)
+        return [(column, kept) for column, kept, _ in blocks]
 
 
 def _iter_topk(
-    query: Tensor, reference: Tensor, k: int, chunk_size: int, exclude_self: bool
+    query: Tensor,
+    reference: Tensor,
+    k: int,
+    chunk_size: int,
+    exclude_self: bool,
+    symmetric: bool = False,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """Yield ``(start, similarities, indices)`` for consecutive chunks of normalised queries."""
+    """Yield ``(start, similarities, indices)`` for consecutive chunks of normalised queries.
+
+    ``symmetric``: the reference is the query set (same rows, same order). A chunk then computes only
+    its own block and the columns to its right; the columns of each earlier chunk come from the
+    mirror cache where that chunk kept them, or are computed too where it could not (cache full).
+    After its GEMM, a chunk keeps the blocks of the later chunks, nearest first, while the cache
+    holds fewer than ``_MIRROR_STRIPS * n_ref // chunk_size`` blocks.
+    """
     n_query, dim = query.shape
     n_ref = reference.shape[0]
     block = _block_size(n_ref, k)
@@ -191,17 +334,41 @@ def _iter_topk(
     # one reused buffer: allocating a fresh chunk x n_ref block at every step costs page faults
     buf_rows = max(min(chunk_size, n_query), _MIN_GEMM_ROWS)
     buf = torch.empty(buf_rows, width, dtype=query.dtype, device=query.device)
-    for start in range(0, n_query, chunk_size):
-        stop = min(start + chunk_size, n_query)
+    bounds = [(s, min(s + chunk_size, n_query)) for s in range(0, n_query, chunk_size)]
+    cache = None
+    if symmetric and len(bounds) > 1 and chunk_size >= _MIRROR_MIN_CHUNK and _mirror_ok(query):
+        max_blocks = int(_MIRROR_STRIPS * n_ref) // chunk_size
+        cache = _MirrorCache(len(bounds), chunk_size, max_blocks, buf)
+    for i, (start, stop) in enumerate(bounds):
+        rows = stop - start
         q = query[start:stop]
         if len(q) < _MIN_GEMM_ROWS:
             q = torch.cat([q, q.new_zeros(_MIN_GEMM_ROWS - len(q), dim)])
-        sims = torch.mm(q, ref_t, out=buf[: len(q)])[: stop - start]
+        out = buf[: len(q)]
+        if cache is None:
+            torch.mm(q, ref_t, out=out)
+        else:
+            done = 0  # columns [done, column) were not kept: computed here
+            for column, kept in cache.take(i):
+                if column > done:
+                    _mm_cols(q, ref_t, out, done, column)
+                out[:rows, column : column + kept.shape[1]].copy_(kept)
+                done = column + kept.shape[1]
+            if start > done:
+                _mm_cols(q, ref_t, out, done, start)
+            # the own block and all later columns in one GEMM; then the blocks of later chunks, nearest
+            # first, are kept (transposed) while the cache has room
+            _mm_cols(q, ref_t, out, start, width)
+            for j in range(i + 1, len(bounds)):
+                if cache.full:
+                    break
+                cache.put(j, start, out[:rows, bounds[j][0] : bounds[j][1]])
+        sims = out[:rows]
         if width > n_ref:
             sims[:, n_ref:] = float("-inf")
         if exclude_self:
-            rows = torch.arange(stop - start, device=sims.device)
-            sims[rows, rows + start] = float("-inf")
+            diag = torch.arange(rows, device=sims.device)
+            sims[diag, diag + start] = float("-inf")
         vals, cols = _topk_rows(sims, k, block, max_candidates)
         yield start, vals, cols
 
@@ -226,7 +393,9 @@ def nearest_neighbors(
         query: ``(n_query, dim)`` embeddings (normalised here).
         reference: ``(n_ref, dim)`` embeddings, or ``None`` to search the query set itself.
         k: number of neighbours; at most ``n_ref`` (``n_ref - 1`` with ``exclude_self``).
-        chunk_size: queries per step; memory per step is about ``chunk_size * n_ref`` floats.
+        chunk_size: queries per step; memory per step is about ``chunk_size * n_ref`` floats (with
+            ``reference=None``, in float32 on CPU, up to twice that again for the mirrored blocks;
+            see the module docstring).
         exclude_self: query ``i`` never retrieves reference ``i`` (leave-one-out). Requires the
             reference to be the query set (``reference=None`` or the same rows in the same order).
 
@@ -236,6 +405,7 @@ def nearest_neighbors(
     """
     _check_chunk_size(chunk_size)
     query, reference = _normalized_pair(query, reference)
+    symmetric = reference is None  # the query set is its own reference: a symmetric similarity matrix
     if reference is None:
         reference = query
     if exclude_self and reference.shape[0] != query.shape[0]:
@@ -248,7 +418,7 @@ def nearest_neighbors(
     indices = torch.empty(n_query, k, dtype=torch.long, device=query.device)
     if k == 0 or n_query == 0:
         return sims, indices
-    for start, vals, cols in _iter_topk(query, reference, k, chunk_size, exclude_self):
+    for start, vals, cols in _iter_topk(query, reference, k, chunk_size, exclude_self, symmetric):
         sims[start : start + len(vals)] = vals
         indices[start : start + len(cols)] = cols
     return sims, indices
@@ -443,7 +613,9 @@ def retrieval_metrics(
             within the query set.
         reference_labels: ``(n_ref,)`` labels; given if and only if ``reference`` is.
         ks: the K of each ``recall_at_{K}``; K larger than the reference size counts every item.
-        chunk_size: queries per similarity block (memory about ``chunk_size * n_ref`` floats).
+        chunk_size: queries per similarity block (memory about ``chunk_size * n_ref`` floats; in
+            leave-one-out mode, in float32 on CPU, up to 3x that with the mirrored blocks, see the
+            module docstring).
         nmi_seed: seed of the k-means behind ``nmi``; ``None`` skips the clustering (no ``nmi`` key).
 
     Returns:
@@ -491,7 +663,7 @@ def retrieval_metrics(
     ap_r = torch.zeros(n_query, dtype=torch.float64, device=q.device)
     if k > 0:
         ranks = torch.arange(1, k + 1, device=q.device)
-        for start, _, cols in _iter_topk(q, r, k, chunk_size, same_set):
+        for start, _, cols in _iter_topk(q, r, k, chunk_size, same_set, same_set):
             stop = start + len(cols)
             same = r_ids[cols] == q_ids[start:stop, None]
             big_r = num_relevant[start:stop]

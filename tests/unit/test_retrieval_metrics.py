@@ -336,6 +336,177 @@ def test_dtypes_and_no_grad():
     assert all(isinstance(v, float) for v in out32.values())
 
 
+def test_nonzero_flat_matches_nonzero():
+    g = torch.Generator().manual_seed(14)
+    for shape, p in [((64, 48), 0.02), ((37, 41), 0.05), ((16, 800), 0.5), ((3, 8), 1.0), ((5, 16), 0.0)]:
+        mask = torch.rand(shape, generator=g) < p
+        expected = torch.nonzero(mask.view(-1)).squeeze(1)
+        assert torch.equal(retrieval_module._nonzero_flat(mask, mask.numel()), expected)
+        if len(expected) > 0:
+            assert retrieval_module._nonzero_flat(mask, len(expected) - 1) is None
+
+
+def test_ranked_float32_candidates_follow_the_tie_rule():
+    # the int64 sort keys order float32 values exactly: ties (including -0.0 and +0.0), negatives,
+    # subnormals and the extremes come out as a stable descending sort, equal values by column
+    g = torch.Generator().manual_seed(15)
+    pool = torch.tensor([1.0, 0.5, 0.5, 0.0, -0.0, -0.25, 1e-40, -1e-40, -3.0, 3.4e38, -3.4e38])
+    rows, width, k = 7, 60, 25
+    sims = pool[torch.randint(len(pool), (rows, width), generator=g)]
+    keep = torch.rand(rows, width, generator=g) < 0.6
+    keep[:, :k] = True  # at least k candidates a row
+    flat = torch.nonzero(keep.view(-1)).squeeze(1)
+    row = flat // width
+    counts = torch.bincount(row, minlength=rows)
+    vals, cols = retrieval_module._ranked_float32_candidates(
+        sims.view(-1)[flat], flat, row, torch.cumsum(counts, 0) - counts, width, k
+    )
+    masked = torch.where(keep, sims, torch.tensor(float("-inf")))
+    ref_vals, ref_cols = torch.sort(masked, dim=1, descending=True, stable=True)
+    assert torch.equal(cols, ref_cols[:, :k])
+    assert torch.equal(vals, ref_vals[:, :k])
+
+
+def test_neighbors_float64_block_path():
+    # float64 takes the packed-rows ranking instead of the float32 sort keys: same tie rule
+    x = tied_embeddings(300, 12, seed=4).double()
+    assert retrieval_module._block_size(300, 18) > 1
+    sims, idx = nearest_neighbors(x, None, 18, chunk_size=64, exclude_self=True)
+    ref_sims, ref_idx = stable_reference_neighbors(x, x, 18, exclude_self=True)
+    assert torch.equal(idx, ref_idx) and torch.equal(sims, ref_sims)
+    assert sims.dtype == torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# leave-one-out mirroring: each similarity block computed once, its transpose reused
+# --------------------------------------------------------------------------------------------
+
+
+needs_mkl = pytest.mark.skipif(
+    not torch.backends.mkl.is_available(), reason="mirroring is used (and checked) only with MKL"
+)
+
+
+@pytest.fixture
+def mirror_caches(monkeypatch):
+    """Every _MirrorCache made while the test runs (mirroring on for chunks of 16 rows and more)."""
+    made = []
+
+    class Recorded(retrieval_module._MirrorCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(retrieval_module, "_MirrorCache", Recorded)
+    monkeypatch.setattr(retrieval_module, "_MIRROR_MIN_CHUNK", 16)
+    return made
+
+
+def padded_reference(x: torch.Tensor) -> torch.Tensor:
+    """x^T with zero columns up to a multiple of 16, as _iter_topk lays out the reference."""
+    ref_t = torch.zeros(x.shape[1], -(-len(x) // 16) * 16, dtype=x.dtype)
+    ref_t[:, : len(x)] = x.T
+    return ref_t
+
+
+@needs_mkl
+@pytest.mark.parametrize("dim", [3, 12, 64, 128])
+def test_mirrored_blocks_are_bit_identical(dim):
+    # the premise of mirroring, on this machine: a block computed as (rows b) x (columns a) and transposed
+    # equals the block (rows a) x (columns b), and a GEMM over a column range equals the same columns of the
+    # full-width GEMM (at least 16 rows and 16 columns), so mirroring cannot change a similarity
+    g = torch.Generator().manual_seed(dim)
+    x = torch.nn.functional.normalize(torch.randn(700, dim, generator=g), dim=1)
+    ref_t = padded_reference(x)
+    full = torch.mm(x, ref_t)
+    assert torch.equal(full[:, :700], full[:, :700].T)
+    for start, stop in [(0, 64), (64, 100), (100, 333), (333, 700), (690, 700)]:
+        q = x[start:stop]
+        if len(q) < 16:
+            q = torch.cat([q, q.new_zeros(16 - len(q), dim)])
+        for lo, hi in [(0, 16), (start, ref_t.shape[1]), (17, 350), (ref_t.shape[1] - 16, ref_t.shape[1])]:
+            part = torch.mm(q, ref_t[:, lo:hi])[: stop - start]
+            assert torch.equal(part, full[start:stop, lo:hi]), (start, lo, hi)
+
+
+def tied_and_clustered() -> list[torch.Tensor]:
+    x, _ = clustered(600, 12, 16, noise=1.5, seed=11)
+    return [tied_embeddings(500, 12, seed=2), x]
+
+
+@needs_mkl
+@pytest.mark.parametrize("strips", [0.5, 1, 100])
+@pytest.mark.parametrize("chunk_size", [16, 20, 64, 150])
+def test_mirrored_neighbors_equal_direct(mirror_caches, strips, chunk_size, monkeypatch):
+    # the leave-one-out search (reference=None: mirrored) against the same rows given as a reference (direct
+    # GEMM of every block): same neighbours, same similarities, same tie order, bit for bit; 0.5 strip keeps
+    # a few blocks, 100 keeps all of them
+    monkeypatch.setattr(retrieval_module, "_MIRROR_STRIPS", strips)
+    for x in tied_and_clustered():
+        for k in (1, 10, 40, 150):  # 150: the plain top-k path
+            mirror_caches.clear()
+            sims, idx = nearest_neighbors(x, None, k, chunk_size, exclude_self=True)
+            direct_sims, direct_idx = nearest_neighbors(x, x, k, chunk_size, exclude_self=True)
+            assert torch.equal(idx, direct_idx), (k, chunk_size)
+            assert torch.equal(sims, direct_sims), (k, chunk_size)
+            (cache,) = mirror_caches
+            assert cache.mirrored > 0 and cache.held == 0
+    # ties (duplicates, exact multiples of 1/4) also match the stable-sort oracle
+    x = tied_embeddings(500, 12, seed=2)
+    sims, idx = nearest_neighbors(x, None, 30, chunk_size, exclude_self=True)
+    ref_sims, ref_idx = stable_reference_neighbors(x, x, 30, exclude_self=True)
+    assert torch.equal(idx, ref_idx) and torch.equal(sims.double(), ref_sims)
+
+
+@needs_mkl
+@pytest.mark.parametrize("chunk_size", [16, 64, 100, 1024])
+def test_mirrored_metrics_equal_direct(mirror_caches, chunk_size, monkeypatch):
+    # retrieval_metrics in leave-one-out mode, mirrored and not: exactly the same numbers
+    for x in [*tied_and_clustered(), torch.cat([tied_embeddings(200, 12, seed=3)] * 2)]:  # last: duplicates
+        y = torch.randint(0, 15, (len(x),), generator=torch.Generator().manual_seed(1))
+        y[:2] = torch.tensor([100, 101])  # lone queries
+        mirrored = retrieval_metrics(x, y, ks=(1, 4, 16), chunk_size=chunk_size, nmi_seed=None)
+        with monkeypatch.context() as m:
+            m.setattr(retrieval_module, "_mirror_ok", lambda t: False)
+            direct = retrieval_metrics(x, y, ks=(1, 4, 16), chunk_size=chunk_size, nmi_seed=None)
+        assert mirrored == direct
+    if chunk_size < 400:
+        assert len(mirror_caches) == 3 and all(c.mirrored > 0 for c in mirror_caches)
+    else:  # one chunk: nothing to mirror
+        assert mirror_caches == []
+
+
+@needs_mkl
+@pytest.mark.parametrize("strips", [0.5, 1, 3])
+def test_mirror_cache_memory_is_bounded(mirror_caches, strips, monkeypatch):
+    # at most strips * n / chunk_size blocks of chunk_size^2 floats are held at once, i.e. at most `strips`
+    # chunk x n strips; the chunk x chunk tensors are reused, so many more blocks are mirrored than allocated
+    monkeypatch.setattr(retrieval_module, "_MIRROR_STRIPS", strips)
+    x, _ = clustered(2000, 20, 16, noise=1.5, seed=12)
+    nearest_neighbors(x, None, 20, chunk_size=100, exclude_self=True)
+    (cache,) = mirror_caches
+    assert cache.max_blocks == int(strips * 2000) // 100
+    assert 0 < cache.allocated <= cache.max_blocks
+    assert cache.allocated * 100 * 100 <= strips * 100 * 2000
+    assert cache.mirrored > 2 * cache.allocated
+    # all 190 blocks above the diagonal (20 chunks) fit in 100 blocks (5 strips): the largest set held at
+    # once, after chunk 10 of 20, is 10 x 10 blocks (n^2 / 4 floats)
+    monkeypatch.setattr(retrieval_module, "_MIRROR_STRIPS", 5)
+    nearest_neighbors(x, None, 20, chunk_size=100, exclude_self=True)
+    assert mirror_caches[-1].mirrored == 190 and mirror_caches[-1].allocated == 100
+
+
+@needs_mkl
+def test_mirroring_only_where_checked(mirror_caches):
+    x, y = clustered(300, 5, 8, noise=1.0, seed=13)
+    nearest_neighbors(x, x, 5, chunk_size=64, exclude_self=True)  # a reference given: direct
+    nearest_neighbors(x.double(), None, 5, chunk_size=64, exclude_self=True)  # float64: direct
+    nearest_neighbors(x, None, 5, chunk_size=300)  # one chunk: nothing to mirror
+    assert mirror_caches == []
+    nearest_neighbors(x, None, 5, chunk_size=64)  # without exclusion too: the matrix is symmetric
+    assert len(mirror_caches) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # NMI and k-means
 # --------------------------------------------------------------------------------------------
