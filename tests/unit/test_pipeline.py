@@ -28,8 +28,9 @@ def _code_deps(stage: dict) -> set[str]:
 RUN_STAGES = [s for s in stages(PARAMS) if s.name.startswith("run-")]
 
 # What the runner really imports when it resolves, checks and builds every run of every profile of one stage.
-# One interpreter imports what every stage imports, then forks a child per stage (a fresh interpreter per
-# stage cost 5 s each): each child resolves its stage's runs and reports the project files in sys.modules.
+# One interpreter imports what every stage imports, then forks a child per stage, all at once (a fresh
+# interpreter per stage cost 5 s each): each child resolves its stage's runs and writes the project files in
+# its sys.modules to a file named after the stage.
 _IMPORTS_BY_STAGE = """
 import importlib, json, os, sys
 from pathlib import Path
@@ -61,33 +62,37 @@ def imports_of(paper, dataset):
                 files.add(rel.as_posix())
     return sorted(files)
 
+children = {}
 for name, paper, dataset in json.loads(sys.argv[1]):
     sys.stdout.flush()
     child = os.fork()
     if child == 0:
+        code = 1
         try:
-            print(json.dumps([name, imports_of(paper, dataset)]), flush=True)
+            Path(sys.argv[2], name).write_text(json.dumps(imports_of(paper, dataset)))
+            code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
+    children[child] = name
+for child, name in children.items():
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, name
 """
 
 
 @pytest.fixture(scope="module")
-def imports_by_stage() -> dict[str, set[str]]:
+def imports_by_stage(tmp_path_factory) -> dict[str, set[str]]:
+    out = tmp_path_factory.mktemp("imports")
     jobs = [(s.name, s.cmd.split()[3], s.cmd.split()[-1]) for s in RUN_STAGES]
     result = subprocess.run(
-        [sys.executable, "-c", _IMPORTS_BY_STAGE, json.dumps(jobs)],
+        [sys.executable, "-c", _IMPORTS_BY_STAGE, json.dumps(jobs), str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    found = dict(json.loads(line) for line in result.stdout.splitlines() if line.startswith('["run-'))
-    assert set(found) == {s.name for s in RUN_STAGES}, result.stderr[-3000:]
-    return {name: set(files) for name, files in found.items()}
+    return {s.name: set(json.loads((out / s.name).read_text())) for s in RUN_STAGES}
 
 
 @pytest.mark.parametrize("stage", RUN_STAGES, ids=lambda s: s.name)
