@@ -25,19 +25,28 @@ by cosine similarity (``common.metrics.retrieval.nearest_neighbors``):
 
 A tie between classes goes to the smallest label (scikit-learn's rule for the majority vote).
 
+Linear probe (``linear_probe``): multinomial logistic regression on frozen features, the evaluation of
+SupCon (Khosla et al. 2020) and of Wang & Isola's encoders. Features are standardized with the training
+set's mean and deviation, and the objective ``mean_i CE(W f_i + b, y_i) + (weight_decay / 2) ||W||^2`` (the
+bias is not penalized) is minimized by full-batch L-BFGS with a strong-Wolfe line search. With
+``weight_decay > 0`` the objective is strictly convex, so the probe's answer depends on the features alone,
+not on a seed or a learning rate: it equals scikit-learn's ``LogisticRegression(C=1 / (n * weight_decay))``
+(tested).
+
 This module imports only torch and the standard library.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .retrieval import _as_embeddings, _check_chunk_size, nearest_neighbors
 
-__all__ = ["alignment", "knn_accuracy", "knn_predict", "uniformity"]
+__all__ = ["LinearProbe", "alignment", "knn_accuracy", "knn_predict", "linear_probe", "uniformity"]
 
 
 def _prepared(x: Tensor, name: str, normalize: bool) -> Tensor:
@@ -149,3 +158,64 @@ def knn_accuracy(
     if predicted.numel() == 0:
         return float("nan")
     return float((predicted == test_labels.to(predicted.dtype)).double().mean())
+
+
+class LinearProbe(NamedTuple):
+    accuracy: float  # on the test features
+    predictions: Tensor  # (n_test,) predicted labels
+    weight: Tensor  # (classes, dim), on the standardized features
+    bias: Tensor  # (classes,)
+    classes: Tensor  # the training labels, sorted: row c of ``weight`` is ``classes[c]``
+
+
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    weight_decay: float = 1e-4,
+    max_iterations: int = 500,
+) -> LinearProbe:
+    """Multinomial logistic regression on frozen features (see the module docstring), in float64."""
+    if not (math.isfinite(weight_decay) and weight_decay > 0):
+        raise ValueError(f"weight_decay must be > 0, got {weight_decay}")
+    train_x = _as_embeddings(train_features, "train_features").detach().double()
+    test_x = _as_embeddings(test_features, "test_features").detach().double()
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"train and test features differ in width: {train_x.shape[1]} and {test_x.shape[1]}")
+    train_y = torch.as_tensor(train_labels, device=train_x.device).reshape(-1)
+    test_y = torch.as_tensor(test_labels, device=test_x.device).reshape(-1)
+    if train_y.numel() != train_x.shape[0] or test_y.numel() != test_x.shape[0]:
+        raise ValueError("every feature row needs one label")
+    classes, targets = torch.unique(train_y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"a probe needs at least 2 classes in training, got {len(classes)}")
+    mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-12)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    weight = torch.zeros(len(classes), train_x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iterations,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def objective() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(train_x @ weight.T + bias, targets)
+        loss = loss + 0.5 * weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    with torch.no_grad():
+        predictions = classes[(test_x @ weight.T + bias).argmax(dim=1)]
+        accuracy = (
+            float((predictions == test_y.to(predictions.dtype)).double().mean()) if len(test_y) else math.nan
+        )
+    return LinearProbe(accuracy, predictions, weight.detach(), bias.detach(), classes)

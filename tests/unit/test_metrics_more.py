@@ -273,3 +273,50 @@ def test_tar_at_far_edge_cases():
         tar_at_far(torch.randn(5, 3), torch.arange(5), fars=(0.0,))
     with pytest.raises(ValueError, match="at least 2"):
         tar_at_far(torch.randn(1, 3), torch.arange(1))
+
+
+# ------------------------------------------------------------------------------------------- linear probe
+
+
+def _probe_data(n: int = 300, dim: int = 6, classes: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, classes, (n,), generator=g) * 3 + 1  # labels 1, 4, 7, 10: not 0..C-1
+    features = centres[(labels - 1) // 3] + torch.randn(n, dim, generator=g, dtype=torch.float64) * 2.5
+    return features * torch.linspace(0.1, 10, dim, dtype=torch.float64) + 5, labels
+
+
+@pytest.mark.parametrize("weight_decay", [1e-3, 1e-1])
+def test_linear_probe_is_sklearns_logistic_regression(weight_decay):
+    from sklearn.linear_model import LogisticRegression
+
+    from common.metrics.representation import linear_probe
+
+    x, y = _probe_data()
+    test_x, test_y = _probe_data(seed=1)
+    probe = linear_probe(x, y, test_x, test_y, weight_decay=weight_decay)
+    mean, std = x.mean(dim=0), x.std(dim=0)
+    reference = LogisticRegression(C=1.0 / (len(y) * weight_decay), tol=1e-12, max_iter=10_000)
+    reference.fit(((x - mean) / std).numpy(), y.numpy())
+    # sklearn's softmax has a redundant direction: compare what is identifiable, the logit differences
+    ours = ((test_x - mean) / std) @ probe.weight.T + probe.bias
+    theirs = torch.from_numpy(reference.decision_function(((test_x - mean) / std).numpy()))
+    assert torch.allclose(
+        ours - ours.mean(dim=1, keepdim=True), theirs - theirs.mean(dim=1, keepdim=True), atol=1e-5
+    )
+    expected = torch.from_numpy(reference.predict(((test_x - mean) / std).numpy()))
+    assert torch.equal(probe.predictions, expected)
+    assert probe.accuracy == pytest.approx(float((expected == test_y).double().mean()), abs=1e-12)
+    assert probe.classes.tolist() == [1, 4, 7, 10]
+
+
+def test_linear_probe_refuses_bad_input():
+    from common.metrics.representation import linear_probe
+
+    x, y = _probe_data()
+    with pytest.raises(ValueError, match="weight_decay must be > 0"):
+        linear_probe(x, y, x, y, weight_decay=0.0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        linear_probe(x, torch.zeros_like(y), x, y)
+    with pytest.raises(ValueError, match="differ in width"):
+        linear_probe(x, y, x[:, :3], y)
