@@ -42,7 +42,7 @@ ENGINE_SAMPLER_ARGS = frozenset({"labels", "seed", "rank", "world_size", "batche
 ENGINE_LOSS_ARGS = frozenset({"num_classes", "embedding_dim", "class_counts"})
 DATASETS = ("fashion_mnist", "omniglot")
 # What a paper may declare that its methods vary (see ``varies``).
-METHOD_KEYS = ("loss", "sampler", "classifier", "optimizer")
+METHOD_KEYS = ("loss", "sampler", "classifier", "optimizer", "views")
 
 
 class Component(BaseModel):
@@ -158,6 +158,25 @@ class LongTail(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+class ViewsSpec(BaseModel):
+    """Training on random views of each image (``common.data.views``): ``count`` views of every image of a
+    batch (2: the positive pairs of a contrastive loss; 1: plain augmentation, e.g. for a cross-entropy
+    baseline at the same strength), drawn at ``strength`` in [0, 1]. ``labels``: the views of an image share
+    its class (``class``: supervised, as SupCon) or only each other (``instance``: self-supervised, as
+    SimCLR or Wang & Isola; the label is the image's index in the training split)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    count: Literal[1, 2] = 2
+    strength: float = Field(1.0, ge=0, le=1)
+    labels: Literal["class", "instance"] = "class"
+
+    @model_validator(mode="after")
+    def _instances_need_pairs(self) -> ViewsSpec:
+        if self.labels == "instance" and self.count != 2:
+            raise ValueError("labels 'instance' needs count 2: one view of an image has no positive")
+        return self
+
+
 class Holdout(BaseModel):
     """Train on the training split minus a held-out part, and evaluate on that part (tuning trials).
 
@@ -194,9 +213,18 @@ class RunConfig(BaseModel):
     batches_per_epoch: int = Field(ge=1)
     image_size: int = Field(28, ge=8)
     augment: Literal["none", "shift"] = "none"
+    views: ViewsSpec | None = Field(None, description="train on random views of each image (contrastive)")
     train_limit: int | None = Field(None, ge=2, description="train on a fixed random subset of this size")
     eval: EvalSpec = EvalSpec()
     holdout: Holdout | None = Field(None, description="a tuning trial: evaluate on held-out training data")
+
+    @model_validator(mode="after")
+    def _one_augmentation(self) -> RunConfig:
+        if self.views is not None and self.augment != "none":
+            raise ValueError(
+                f"views and augment {self.augment!r} exclude each other: the views are the augmentation"
+            )
+        return self
 
     @property
     def key(self) -> str:
@@ -261,7 +289,7 @@ class PaperSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     datasets: dict[str, dict[str, Any] | None]
     train: dict[str, Any]
-    varies: list[Literal["loss", "sampler", "classifier", "optimizer"]] = ["loss"]
+    varies: list[Literal["loss", "sampler", "classifier", "optimizer", "views"]] = ["loss"]
     methods: dict[str, dict[str, Any]]
     profiles: dict[str, dict[str, Any]]
     tune: TuneSpec | None = None
@@ -449,6 +477,11 @@ def check_components(run: RunConfig, where: str) -> None:
 
     def check_loss() -> None:
         losses.LOSSES.check(run.loss.name, run.loss.kwargs, ENGINE_LOSS_ARGS)
+        if run.views is not None and run.views.labels == "instance" and losses.reads_logits(run.loss.name):
+            raise ConfigError(
+                f"{where}: views: labels 'instance' give every image its own label, but loss "
+                f"{run.loss.name!r} trains a classifier over the dataset's classes; use labels 'class'"
+            )
         if run.classifier is not None and not losses.reads_logits(run.loss.name):
             raise ConfigError(
                 f"{where}: classifier: {run.classifier!r} is set, but loss {run.loss.name!r} reads embeddings, "

@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_view", "two_views"]
+__all__ = ["random_view", "two_views", "view_batch"]
 
 MIN_AREA_AT_FULL_STRENGTH = 0.2
 JITTER_AT_FULL_STRENGTH = 0.4
@@ -86,3 +86,21 @@ def two_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent random views of each image: the positive pairs of a contrastive loss."""
     return random_view(images, strength, generator), random_view(images, strength, generator)
+
+
+def view_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    count: int,
+    strength: float,
+    instance: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch of ``count`` random views of each image: the views stacked view by view
+    (``count * N`` rows), and their labels, the images' ``labels`` or, with ``instance``, their ``indices`` in
+    the training split (so the views of one image, and only those, share a label)."""
+    ids = indices.to(labels.device) if instance else labels
+    return (
+        torch.cat([random_view(images, strength) for _ in range(count)]),
+        torch.cat([ids] * count),
+    )

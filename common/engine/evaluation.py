@@ -25,6 +25,7 @@ VERIFICATION = "common.metrics.verification"
 FEW_SHOT = "common.engine.few_shot"
 CLASSIFICATION = "common.engine.classification"
 SHARPNESS = "common.metrics.sharpness"
+VIEWS = "common.data.views"  # training, not evaluation: the random views of runs with ``views``
 
 
 @dataclass
@@ -46,8 +47,8 @@ class OneShotRuns:
 
 
 def evaluation_modules(run: RunConfig) -> list[str]:
-    """The optional evaluation modules ``run`` imports (a stage dependency)."""
-    modules = []
+    """The optional modules ``run`` imports (a stage dependency): its evaluations, and the training views."""
+    modules = [VIEWS] if run.views is not None else []
     if reads_logits(run.loss.name):
         modules.append(CLASSIFICATION)
         if run.eval.sharpness is not None:

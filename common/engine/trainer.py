@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from common import losses, models, optim, samplers
 from common.config import RunConfig, engine_loss_kwargs
 from common.engine.distributed import gather_with_grad
-from common.engine.evaluation import CLASSIFICATION, OneShotRuns, SplitTensors, evaluate
+from common.engine.evaluation import CLASSIFICATION, VIEWS, OneShotRuns, SplitTensors, evaluate
 from common.errors import StorageError, UserError, storage_message, writing
 from common.models.classifiers import Classifier
 
@@ -228,6 +228,7 @@ def fit_and_evaluate(
 
     device = accelerator.device
     sam = sam_inside(optimizer)
+    view_batch = importlib.import_module(VIEWS).view_batch if run.views is not None else None
     for epoch in range(start_epoch + 1, run.epochs + 1):
         model.train()
         sampler.set_epoch(epoch)
@@ -242,10 +243,16 @@ def fit_and_evaluate(
             disable=not accelerator.is_local_main_process,
         )
         for step, batch in enumerate(bar):
-            images = train.images[batch]
+            images, labels = train.images[batch], train.labels[batch]
             if run.augment == "shift":
                 images = random_shift(images)
-            images, labels = images.to(device), train.labels[batch].to(device)
+            if view_batch is not None:
+                spec = run.views
+                instance = spec.labels == "instance"
+                images, labels = view_batch(
+                    images, labels, torch.as_tensor(batch), spec.count, spec.strength, instance
+                )
+            images, labels = images.to(device), labels.to(device)
 
             loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
             if not torch.isfinite(loss):
