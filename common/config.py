@@ -104,6 +104,50 @@ class SharpnessSpec(BaseModel):
     power_iterations: int = Field(20, ge=1)
 
 
+class ProbeSpec(BaseModel):
+    """An embedding loss's encoder judged on frozen features of the un-augmented images
+    (``common.engine.representation``): a linear probe trained on the training features (its test accuracy
+    is the run's ``top1_accuracy``, as SupCon reports its encoders), k-NN accuracy, uniformity of the test
+    features and, for runs trained on views, alignment of two views of each test image (Wang & Isola)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    weight_decay: float = Field(1e-4, gt=0, description="the probe's L2 penalty")
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float | None = Field(0.07, gt=0, description="None: a majority vote")
+    train_items: int | None = Field(
+        None, ge=2, description="probe on a fixed random subset of the training set"
+    )
+
+
+class CorruptionSpec(BaseModel):
+    """Accuracy on corrupted copies of (a fixed subset of) the test images (``common.data.corruptions``):
+    per corruption and severity, and their mean, ``corruption_accuracy``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kinds: tuple[Literal["gaussian_noise", "gaussian_blur", "contrast"], ...] = (
+        "gaussian_noise",
+        "gaussian_blur",
+        "contrast",
+    )
+    severities: tuple[int, ...] = (1, 3, 5)
+    max_items: int | None = Field(2000, ge=2, description="test images corrupted (a fixed random subset)")
+    seed: int = Field(0, ge=0, description="the noise of gaussian_noise")
+
+    @field_validator("kinds", "severities")
+    @classmethod
+    def _non_empty(cls, values: tuple) -> tuple:
+        if not values:
+            raise ValueError("must list at least one")
+        return tuple(dict.fromkeys(values))
+
+    @field_validator("severities")
+    @classmethod
+    def _severities(cls, values: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s not in (1, 2, 3, 4, 5) for s in values):
+            raise ValueError(f"severities must be in 1..5, got {list(values)}")
+        return tuple(sorted(values))
+
+
 class EvalSpec(BaseModel):
     """What is measured on the test split after training: retrieval for embedding losses, classification
     metrics (top-1, balanced accuracy, ECE) for classification losses; the rest when asked for."""
@@ -121,6 +165,10 @@ class EvalSpec(BaseModel):
     )
     shot_groups: ShotGroups | None = Field(None, description="classification: many/medium/few-shot accuracy")
     sharpness: SharpnessSpec | None = None
+    probe: ProbeSpec | None = Field(
+        None, description="embedding losses: linear probe, k-NN, alignment, uniformity"
+    )
+    corruptions: CorruptionSpec | None = Field(None, description="accuracy on corrupted test images")
 
     @field_validator("ks")
     @classmethod
@@ -481,6 +529,17 @@ def check_components(run: RunConfig, where: str) -> None:
             raise ConfigError(
                 f"{where}: views: labels 'instance' give every image its own label, but loss "
                 f"{run.loss.name!r} trains a classifier over the dataset's classes; use labels 'class'"
+            )
+        logits = losses.reads_logits(run.loss.name)
+        if run.eval.probe is not None and logits:
+            raise ConfigError(
+                f"{where}: eval.probe judges an embedding loss's encoder, but loss {run.loss.name!r} trains a "
+                "classifier, whose own accuracy is measured"
+            )
+        if run.eval.corruptions is not None and not logits and run.eval.probe is None:
+            raise ConfigError(
+                f"{where}: eval.corruptions needs something that classifies: a classification loss, or "
+                "eval.probe for an embedding loss"
             )
         if run.classifier is not None and not losses.reads_logits(run.loss.name):
             raise ConfigError(

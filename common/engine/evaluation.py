@@ -25,6 +25,7 @@ VERIFICATION = "common.metrics.verification"
 FEW_SHOT = "common.engine.few_shot"
 CLASSIFICATION = "common.engine.classification"
 SHARPNESS = "common.metrics.sharpness"
+REPRESENTATION = "common.engine.representation"
 VIEWS = "common.data.views"  # training, not evaluation: the random views of runs with ``views``
 
 
@@ -46,6 +47,15 @@ class OneShotRuns:
     targets: torch.Tensor
 
 
+@dataclass
+class CorruptedTests:
+    """Test images (a fixed subset) under each corruption and severity: ``images["<kind>_s<severity>"]``,
+    standardized like the training images, and their labels."""
+
+    images: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+
 def evaluation_modules(run: RunConfig) -> list[str]:
     """The optional modules ``run`` imports (a stage dependency): its evaluations, and the training views."""
     modules = [VIEWS] if run.views is not None else []
@@ -53,6 +63,8 @@ def evaluation_modules(run: RunConfig) -> list[str]:
         modules.append(CLASSIFICATION)
         if run.eval.sharpness is not None:
             modules.append(SHARPNESS)
+    if run.eval.probe is not None:
+        modules.append(REPRESENTATION)
     if run.eval.fars:
         modules.append(VERIFICATION)
     if run.eval.few_shot is not None or run.eval.one_shot_runs:
@@ -123,11 +135,15 @@ def evaluate(
     train: SplitTensors,
     test: SplitTensors,
     one_shot: OneShotRuns | None = None,
+    corrupted: CorruptedTests | None = None,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """The run's metrics and the similarity histograms of (a fixed subset of) the test embeddings."""
     spec = run.eval
     embeddings = embed(model, test.images, device)
     metrics = retrieval_metrics(embeddings, test.labels, ks=spec.ks, chunk_size=spec.chunk_size)
+    if spec.probe is not None:
+        representation = importlib.import_module(REPRESENTATION)
+        metrics |= representation.representation_metrics(run, model, device, train, test, corrupted)
     if spec.fars:
         verification = importlib.import_module(VERIFICATION)
         found = verification.tar_at_far(embeddings, test.labels, spec.fars, spec.chunk_size)

@@ -166,6 +166,14 @@ class LinearProbe(NamedTuple):
     weight: Tensor  # (classes, dim), on the standardized features
     bias: Tensor  # (classes,)
     classes: Tensor  # the training labels, sorted: row c of ``weight`` is ``classes[c]``
+    mean: Tensor  # (dim,) the training features' mean and deviation, which standardize any features
+    std: Tensor
+
+    @torch.no_grad()
+    def predict(self, features: Tensor) -> Tensor:
+        """The predicted label of each row of ``features`` (same encoder, any images)."""
+        x = (_as_embeddings(features, "features").double() - self.mean) / self.std
+        return self.classes[(x @ self.weight.T + self.bias).argmax(dim=1)]
 
 
 def linear_probe(
@@ -218,4 +226,4 @@ def linear_probe(
         accuracy = (
             float((predictions == test_y.to(predictions.dtype)).double().mean()) if len(test_y) else math.nan
         )
-    return LinearProbe(accuracy, predictions, weight.detach(), bias.detach(), classes)
+    return LinearProbe(accuracy, predictions, weight.detach(), bias.detach(), classes, mean, std)

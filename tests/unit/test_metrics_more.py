@@ -308,6 +308,7 @@ def test_linear_probe_is_sklearns_logistic_regression(weight_decay):
     assert torch.equal(probe.predictions, expected)
     assert probe.accuracy == pytest.approx(float((expected == test_y).double().mean()), abs=1e-12)
     assert probe.classes.tolist() == [1, 4, 7, 10]
+    assert torch.equal(probe.predict(test_x), probe.predictions)
 
 
 def test_linear_probe_refuses_bad_input():

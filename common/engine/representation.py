@@ -1,0 +1,76 @@
+"""An embedding loss's encoder judged by what its frozen features support (``eval.probe``), and any run's
+accuracy on corrupted test images (``eval.corruptions``).
+
+``representation_metrics``: features of the un-augmented training and test images give
+
+* ``top1_accuracy``: a linear probe (``common.metrics.representation.linear_probe``) trained on the training
+  features, scored on the test features: SupCon's protocol, so its rows compare with a cross-entropy
+  classifier's top-1;
+* ``knn_accuracy``: the k-NN vote of the training features;
+* ``uniformity``: of the test features (t = 2), and, for runs trained on views, ``alignment`` (alpha = 2) of
+  two random views of each test image at the run's view strength, drawn with a generator seeded by the run's
+  seed (the same views for every method);
+* with ``eval.corruptions``: the probe's accuracy on each corrupted test set and their mean.
+
+``corruption_metrics`` names the metrics of the corrupted sets, for the probe or a classifier alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.config import RunConfig
+from common.data.views import two_views
+from common.engine.evaluation import CorruptedTests, SplitTensors, embed
+from common.metrics.representation import alignment, knn_accuracy, linear_probe, uniformity
+
+
+def fixed_subset(n: int, limit: int | None) -> torch.Tensor:
+    """Indices of a fixed random subset of ``limit`` of ``n`` items (the same for every run), or all."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+
+
+REPRESENTATION_KEYS = ("top1_accuracy", "knn_accuracy", "uniformity", "alignment", "corruption_accuracy")
+
+
+def corruption_metrics(predict: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """``accuracy_<corruption>_s<severity>`` per corrupted set (keyed as in ``predict``) and their mean."""
+    accuracies = {
+        f"accuracy_{name}": float((predicted == labels).double().mean())
+        for name, predicted in predict.items()
+    }
+    return accuracies | {"corruption_accuracy": sum(accuracies.values()) / len(accuracies)}
+
+
+def representation_metrics(
+    run: RunConfig,
+    model: torch.nn.Module,
+    device: torch.device,
+    train: SplitTensors,
+    test: SplitTensors,
+    corrupted: CorruptedTests | None = None,
+) -> dict[str, float]:
+    """The metrics of the module docstring."""
+    spec = run.eval.probe
+    keep = fixed_subset(len(train.labels), spec.train_items)
+    train_features = embed(model, train.images[keep], device)
+    train_labels = train.labels[keep]
+    test_features = embed(model, test.images, device)
+    probe = linear_probe(train_features, train_labels, test_features, test.labels, spec.weight_decay)
+    metrics = {
+        "top1_accuracy": probe.accuracy,
+        "knn_accuracy": knn_accuracy(
+            train_features, train_labels, test_features, test.labels, spec.knn_k, spec.knn_temperature
+        ),
+        "uniformity": uniformity(test_features, t=2.0),
+    }
+    if run.views is not None:
+        generator = torch.Generator().manual_seed(run.seed)
+        first, second = two_views(test.images, run.views.strength, generator)
+        metrics["alignment"] = alignment(embed(model, first, device), embed(model, second, device), alpha=2.0)
+    if corrupted is not None:
+        predicted = {name: probe.predict(embed(model, x, device)) for name, x in corrupted.images.items()}
+        metrics |= corruption_metrics(predicted, corrupted.labels)
+    return metrics

@@ -1,0 +1,86 @@
+"""``eval.probe`` and ``eval.corruptions`` of an embedding run: the metrics equal the metric functions applied
+to the encoder's features by hand, and the config refuses what cannot be measured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from common.data.views import two_views
+from common.engine.evaluation import CorruptedTests, SplitTensors, embed, evaluation_modules
+from common.engine.representation import REPRESENTATION_KEYS, representation_metrics
+from common.metrics.representation import alignment, knn_accuracy, linear_probe, uniformity
+from common.params import ConfigError
+from tests.unit.test_classification_engine import classification_run
+
+SUPCON = {"supcon": {"loss": {"name": "supcon"}}}
+
+
+class _Encoder(nn.Module):
+    """A fixed random linear map of the flattened image to 8 dimensions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.map = nn.Linear(28 * 28, 8)
+        nn.init.normal_(self.map.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.map(x.flatten(1))
+
+
+def _split(n: int, seed: int) -> SplitTensors:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    return SplitTensors(torch.randn(n, 1, 28, 28, generator=g) + labels.view(-1, 1, 1, 1) * 0.5, labels)
+
+
+@pytest.mark.parametrize("views", [None, {"count": 2, "strength": 0.5}])
+def test_representation_metrics_are_the_metric_functions_on_the_features(views, tmp_path):
+    train_extra = {"views": views} if views else {}
+    run = classification_run(
+        tmp_path, train={**train_extra, "eval": {"probe": {"knn_k": 5, "weight_decay": 0.01}}}, methods=SUPCON
+    )
+    model, cpu = _Encoder(), torch.device("cpu")
+    train, test = _split(60, 1), _split(30, 2)
+    noisy = {"gaussian_noise_s3": test.images + 0.5 * torch.randn(test.images.shape)}
+    metrics = representation_metrics(run, model, cpu, train, test, CorruptedTests(noisy, test.labels))
+
+    train_f, test_f = embed(model, train.images, cpu), embed(model, test.images, cpu)
+    probe = linear_probe(train_f, train.labels, test_f, test.labels, weight_decay=0.01)
+    assert metrics["top1_accuracy"] == probe.accuracy
+    assert metrics["knn_accuracy"] == knn_accuracy(train_f, train.labels, test_f, test.labels, 5, 0.07)
+    assert metrics["uniformity"] == uniformity(test_f, t=2.0)
+    corrupted_accuracy = float(
+        (probe.predict(embed(model, noisy["gaussian_noise_s3"], cpu)) == test.labels).double().mean()
+    )
+    assert metrics["accuracy_gaussian_noise_s3"] == metrics["corruption_accuracy"] == corrupted_accuracy
+    if views is None:
+        assert "alignment" not in metrics
+    else:
+        first, second = two_views(test.images, 0.5, torch.Generator().manual_seed(run.seed))
+        assert metrics["alignment"] == alignment(
+            embed(model, first, cpu), embed(model, second, cpu), alpha=2.0
+        )
+    assert set(metrics) <= {*REPRESENTATION_KEYS, "accuracy_gaussian_noise_s3"}
+
+
+def test_the_representation_module_is_a_dependency_only_of_runs_that_probe(tmp_path):
+    probed = classification_run(tmp_path / "a", train={"eval": {"probe": {}}}, methods=SUPCON)
+    plain = classification_run(tmp_path / "b", methods=SUPCON)
+    assert "common.engine.representation" in evaluation_modules(probed)
+    assert "common.engine.representation" not in evaluation_modules(plain)
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "methods", "message"),
+    [
+        ({"probe": {}}, None, "eval.probe judges an embedding loss's encoder"),
+        ({"corruptions": {}}, SUPCON, "eval.corruptions needs something that classifies"),
+        ({"probe": {}, "corruptions": {"severities": [0]}}, SUPCON, "severities must be in 1..5"),
+        ({"probe": {}, "corruptions": {"kinds": ["fog"]}}, SUPCON, "kinds"),
+    ],
+)
+def test_what_cannot_be_measured_is_refused(evaluation, methods, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        classification_run(tmp_path, train={"eval": evaluation}, methods=methods)
