@@ -17,6 +17,7 @@ say which points were tried and what each scored.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import sys
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from common import losses, samplers
 from common.config import (
+    CorruptionSpec,
     RunConfig,
     TuneSpec,
     apply_point,
@@ -43,7 +45,7 @@ from common.config import (
 )
 from common.data.loading import data_fingerprint, load_prepared, load_split
 from common.data.transforms import holdout_indices, long_tailed_indices, noisy_labels
-from common.engine.evaluation import OneShotRuns, SplitTensors
+from common.engine.evaluation import CORRUPTIONS, CorruptedTests, OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
 from common.errors import check_writable_dir, run_command
 from common.paper import check_claims, load_paper
@@ -133,6 +135,39 @@ def _class_disjoint(path: Path) -> bool:
     if not all(names):  # each split numbers its own classes 0..C-1: only the names tell them apart
         raise ConfigError(f"{path}: the label column is not a ClassLabel with class names; prepare it again")
     return not set(names[0]) & set(names[1])
+
+
+@cache
+def _corrupted_tests(
+    path: Path, image_size: int, train_limit: int | None, eval_limit: int | None, spec: CorruptionSpec
+) -> CorruptedTests:
+    """A fixed subset of the run's test images under each corruption and severity, standardized like its
+    training images."""
+    corruptions = importlib.import_module(CORRUPTIONS)
+    images, labels = _load_split(path, "test")
+    keep = _subset(len(labels), eval_limit)
+    images, labels = images[keep], labels[keep]
+    keep = _subset(len(labels), spec.max_items)
+    images, labels = images[keep], labels[keep]
+    mean, std = _pixel_stats(path, train_limit)
+    corrupted = {
+        f"{kind}_s{severity}": to_model_input(
+            corruptions.corrupt(images, kind, severity, spec.seed), image_size, mean, std
+        )
+        for kind in spec.kinds
+        for severity in spec.severities
+    }
+    return CorruptedTests(corrupted, labels)
+
+
+def load_corrupted_tests(run: RunConfig, prepared_root: Path) -> CorruptedTests | None:
+    """The run's corrupted test sets (``eval.corruptions``); none for a tuning trial, scored on training data."""
+    spec = run.eval.corruptions
+    if spec is None or run.holdout is not None:
+        return None
+    return _corrupted_tests(
+        prepared_root / run.data, run.image_size, run.train_limit, run.eval.max_items, spec
+    )
 
 
 @cache
@@ -371,6 +406,7 @@ def _train_and_record(context: _RunContext, run: RunConfig, path: Path, extra: d
             accelerator,
             on_epoch=lambda m, e: tracker.log_metrics(m, step=e),
             one_shot=one_shot,
+            corrupted=load_corrupted_tests(run, context.prepared_root),
         )
         if main:
             tracker.log_metrics(result.metrics, step=run.epochs)

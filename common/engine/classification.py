@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from common.config import RunConfig
-from common.engine.evaluation import SHARPNESS, SplitTensors, embed
+from common.engine.evaluation import SHARPNESS, CorruptedTests, SplitTensors, embed
 from common.metrics.classification import (
+    corruption_accuracy,
     expected_calibration_error,
     per_class_accuracy,
     reliability_diagram_bins,
@@ -39,6 +40,7 @@ def evaluate_classifier(
     device: torch.device,
     train: SplitTensors,
     test: SplitTensors,
+    corrupted: CorruptedTests | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """The run's metrics and its reliability-diagram bins (``edges``, ``confidence``, ``accuracy``, ``count``)."""
     spec = run.eval
@@ -58,6 +60,9 @@ def evaluate_classifier(
         metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
     if spec.sharpness is not None:
         metrics |= _sharpness(run, model, criterion, device, train)
+    if corrupted is not None:
+        predicted = {name: embed(model, x, device).argmax(dim=1) for name, x in corrupted.images.items()}
+        metrics |= corruption_accuracy(predicted, corrupted.labels)
     bins = reliability_diagram_bins(logits, test.labels, spec.calibration_bins, inputs="logits")
     reliability = {
         "edges": bins.edges.tolist(),

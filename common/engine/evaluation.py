@@ -26,6 +26,7 @@ FEW_SHOT = "common.engine.few_shot"
 CLASSIFICATION = "common.engine.classification"
 SHARPNESS = "common.metrics.sharpness"
 REPRESENTATION = "common.engine.representation"
+CORRUPTIONS = "common.data.corruptions"  # imported by the runner, which corrupts the test images
 VIEWS = "common.data.views"  # training, not evaluation: the random views of runs with ``views``
 
 
@@ -65,6 +66,8 @@ def evaluation_modules(run: RunConfig) -> list[str]:
             modules.append(SHARPNESS)
     if run.eval.probe is not None:
         modules.append(REPRESENTATION)
+    if run.eval.corruptions is not None:
+        modules.append(CORRUPTIONS)
     if run.eval.fars:
         modules.append(VERIFICATION)
     if run.eval.few_shot is not None or run.eval.one_shot_runs:

@@ -12,7 +12,6 @@ accuracy on corrupted test images (``eval.corruptions``).
   seed (the same views for every method);
 * with ``eval.corruptions``: the probe's accuracy on each corrupted test set and their mean.
 
-``corruption_metrics`` names the metrics of the corrupted sets, for the probe or a classifier alike.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import torch
 from common.config import RunConfig
 from common.data.views import two_views
 from common.engine.evaluation import CorruptedTests, SplitTensors, embed
+from common.metrics.classification import corruption_accuracy
 from common.metrics.representation import alignment, knn_accuracy, linear_probe, uniformity
 
 
@@ -33,15 +33,6 @@ def fixed_subset(n: int, limit: int | None) -> torch.Tensor:
 
 
 REPRESENTATION_KEYS = ("top1_accuracy", "knn_accuracy", "uniformity", "alignment", "corruption_accuracy")
-
-
-def corruption_metrics(predict: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """``accuracy_<corruption>_s<severity>`` per corrupted set (keyed as in ``predict``) and their mean."""
-    accuracies = {
-        f"accuracy_{name}": float((predicted == labels).double().mean())
-        for name, predicted in predict.items()
-    }
-    return accuracies | {"corruption_accuracy": sum(accuracies.values()) / len(accuracies)}
 
 
 def representation_metrics(
@@ -72,5 +63,5 @@ def representation_metrics(
         metrics["alignment"] = alignment(embed(model, first, device), embed(model, second, device), alpha=2.0)
     if corrupted is not None:
         predicted = {name: probe.predict(embed(model, x, device)) for name, x in corrupted.images.items()}
-        metrics |= corruption_metrics(predicted, corrupted.labels)
+        metrics |= corruption_accuracy(predicted, corrupted.labels)
     return metrics

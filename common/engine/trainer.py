@@ -36,7 +36,14 @@ from tqdm.auto import tqdm
 from common import losses, models, optim, samplers
 from common.config import RunConfig, engine_loss_kwargs
 from common.engine.distributed import gather_with_grad
-from common.engine.evaluation import CLASSIFICATION, VIEWS, OneShotRuns, SplitTensors, evaluate
+from common.engine.evaluation import (
+    CLASSIFICATION,
+    VIEWS,
+    CorruptedTests,
+    OneShotRuns,
+    SplitTensors,
+    evaluate,
+)
 from common.errors import StorageError, UserError, storage_message, writing
 from common.models.classifiers import Classifier
 
@@ -187,6 +194,7 @@ def fit_and_evaluate(
     accelerator: Accelerator,
     on_epoch: Callable[[dict[str, float], int], None] = lambda metrics, epoch: None,
     one_shot: OneShotRuns | None = None,
+    corrupted: CorruptedTests | None = None,
 ) -> RunResult:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # The accelerator keeps every model/optimizer it prepared and saves them all in save_state: start each
@@ -292,11 +300,11 @@ def fit_and_evaluate(
         if reads_logits:
             classification = importlib.import_module(CLASSIFICATION)
             result.metrics, result.reliability = classification.evaluate_classifier(
-                run, trained, criterion, device, train, test
+                run, trained, criterion, device, train, test, corrupted
             )
         else:
             result.metrics, result.similarity_histograms = evaluate(
-                run, trained, criterion, device, train, test, one_shot
+                run, trained, criterion, device, train, test, one_shot, corrupted
             )
         if any(not math.isfinite(v) for v in result.metrics.values()):
             raise NonFiniteLossError(

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "corruption_accuracy",
     "ReliabilityBins",
     "expected_calibration_error",
     "per_class_accuracy",
@@ -172,3 +173,16 @@ def expected_calibration_error(
     nonempty = bins.count > 0
     gaps = (bins.accuracy[nonempty] - bins.confidence[nonempty]).abs()
     return float((bins.count[nonempty].double() / n * gaps).sum())
+
+
+def corruption_accuracy(predicted: dict[str, Tensor], labels: Tensor | Sequence[int]) -> dict[str, float]:
+    """Accuracy on corrupted test sets: ``accuracy_<name>`` for each ``predicted[name]`` (the predicted
+    labels of the same images under corruption ``name``, in the order of ``labels``), and their mean,
+    ``corruption_accuracy`` (Hendrycks & Dietterich's mean over corruptions and severities, as accuracy)."""
+    if not predicted:
+        raise ValueError("no corrupted set")
+    accuracies = {}
+    for name, guesses in predicted.items():
+        targets = _targets(labels, len(guesses), guesses.device)
+        accuracies[f"accuracy_{name}"] = float((guesses == targets).double().mean())
+    return accuracies | {"corruption_accuracy": sum(accuracies.values()) / len(accuracies)}

@@ -49,9 +49,9 @@ def _fit(run: RunConfig, train: SplitTensors, test: SplitTensors, tmp_path: Path
     seen = {}
     evaluate = classification.evaluate_classifier
 
-    def spy(run, model, criterion, device, train, test):
+    def spy(run, model, criterion, device, train, test, corrupted=None):
         seen["model"], seen["criterion"] = copy.deepcopy(model), criterion
-        return evaluate(run, model, criterion, device, train, test)
+        return evaluate(run, model, criterion, device, train, test, corrupted)
 
     monkeypatch.setattr(classification, "evaluate_classifier", spy)
     result = fit_and_evaluate(run, train, test, tmp_path / "checkpoints", Accelerator(cpu=True))

@@ -74,3 +74,66 @@ def test_one_view_is_augmentation_with_the_images_labels(tmp_path, monkeypatch):
 def test_bad_views_are_refused_before_training(train, methods, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         classification_run(tmp_path, train=train, methods=methods)
+
+
+# ------------------------------------------------------------------- probe and corruptions, through the runner
+
+
+def test_corrupted_test_sets_are_the_corruptions_of_a_fixed_test_subset(tmp_path, tiny_prepared):
+    from common.data.corruptions import corrupt
+    from common.engine.trainer import to_model_input
+    from common.runner import _load_split, _pixel_stats, load_corrupted_tests, load_run_data
+
+    spec = {"kinds": ["contrast", "gaussian_noise"], "severities": [2, 5], "max_items": 40, "seed": 3}
+    run = classification_run(tmp_path, train={"eval": {"corruptions": spec}})
+    corrupted = load_corrupted_tests(run, tiny_prepared)
+    assert sorted(corrupted.images) == [
+        "contrast_s2",
+        "contrast_s5",
+        "gaussian_noise_s2",
+        "gaussian_noise_s5",
+    ]
+    _, test = load_run_data(run, tiny_prepared)
+    raw, labels = _load_split(tiny_prepared / "fashion_mnist", "test")
+    # the corrupted images are a subset of the test set: find them by their clean, standardized version
+    mean, std = _pixel_stats(tiny_prepared / "fashion_mnist", run.train_limit)
+    assert len(corrupted.labels) == 40
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:40].sort().values
+    assert torch.equal(corrupted.labels, labels[keep])
+    expected = to_model_input(corrupt(raw[keep], "gaussian_noise", 5, seed=3), run.image_size, mean, std)
+    assert torch.equal(corrupted.images["gaussian_noise_s5"], expected)
+    assert len(test.labels) == len(labels), "the clean test set is untouched"
+    trial = run.model_copy(update={"holdout": {"share": 0.2, "seed": 0}})
+    assert load_corrupted_tests(trial, tiny_prepared) is None, "a tuning trial is scored on training data"
+
+
+def test_a_probed_run_on_views_records_the_representation_and_corruption_metrics(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    from pathlib import Path
+
+    from common.records import read_paper_records
+    from common.runner import run_paper
+    from tests.integration.test_runner import tiny_params
+
+    def edit(params):
+        section = params["multi_similarity"]
+        section["train"]["augment"] = "none"
+        section["train"]["views"] = {"count": 2, "strength": 0.5}
+        section["train"]["eval"] = {
+            "probe": {"knn_k": 5},
+            "corruptions": {"kinds": ["contrast"], "severities": [1, 5], "max_items": 50},
+        }
+
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path, edit)
+    run_paper("multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared)
+    records = read_paper_records(Path("records"), "multi_similarity")
+    assert records
+    for record in records:
+        metrics = record["metrics"]
+        for key in ("top1_accuracy", "knn_accuracy", "alignment", "uniformity", "precision_at_1"):
+            assert key in metrics, key
+        assert 0 <= metrics["top1_accuracy"] <= 1 and metrics["alignment"] >= 0 and metrics["uniformity"] <= 0
+        per_set = [metrics["accuracy_contrast_s1"], metrics["accuracy_contrast_s5"]]
+        assert metrics["corruption_accuracy"] == pytest.approx(sum(per_set) / 2)

@@ -84,3 +84,30 @@ def test_the_representation_module_is_a_dependency_only_of_runs_that_probe(tmp_p
 def test_what_cannot_be_measured_is_refused(evaluation, methods, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         classification_run(tmp_path, train={"eval": evaluation}, methods=methods)
+
+
+def test_a_classifiers_corruption_accuracy_is_its_arg_max_on_each_corrupted_set(tmp_path):
+    from common import losses
+    from common.engine.classification import evaluate_classifier
+    from tests.unit.test_classification_engine import _classification_data, _LogitsModel
+
+    train, test = _classification_data([10, 10, 10, 10])
+    run = classification_run(tmp_path, train={"eval": {"corruptions": {}}})
+    g = torch.Generator().manual_seed(5)
+    sets = {
+        "gaussian_noise_s1": test.images
+        + 2.0 * torch.randn(test.images.shape, generator=g, dtype=torch.float64),
+        "contrast_s5": test.images * 0.1 + torch.tensor([0.0, 0.3, 0.0, 0.0], dtype=torch.float64),
+    }
+    corrupted = CorruptedTests(sets, test.labels)
+    cpu = torch.device("cpu")
+    metrics, _ = evaluate_classifier(
+        run, _LogitsModel(4), losses.build("cross_entropy"), cpu, train, test, corrupted
+    )
+    expected = {
+        name: float((x.float().argmax(dim=1) == test.labels).double().mean()) for name, x in sets.items()
+    }
+    assert metrics["accuracy_gaussian_noise_s1"] == expected["gaussian_noise_s1"]
+    assert metrics["accuracy_contrast_s5"] == expected["contrast_s5"]
+    assert metrics["corruption_accuracy"] == pytest.approx(sum(expected.values()) / 2, abs=1e-15)
+    assert len(set(expected.values())) == 2, "the two sets must differ for the test to tell them apart"
