@@ -108,7 +108,9 @@ class ProbeSpec(BaseModel):
     """An embedding loss's encoder judged on frozen features of the un-augmented images
     (``common.engine.representation``): a linear probe trained on the training features (its test accuracy
     is the run's ``top1_accuracy``, as SupCon reports its encoders), k-NN accuracy, uniformity of the test
-    features and, for runs trained on views, alignment of two views of each test image (Wang & Isola)."""
+    features and, for runs trained on views, alignment of two views of each test image (Wang & Isola).
+    A run of a classification loss has its own classifier and ignores this (a paper that compares both kinds
+    of loss shares one ``eval``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     weight_decay: float = Field(1e-4, gt=0, description="the probe's L2 penalty")
@@ -531,11 +533,6 @@ def check_components(run: RunConfig, where: str) -> None:
                 f"{run.loss.name!r} trains a classifier over the dataset's classes; use labels 'class'"
             )
         logits = losses.reads_logits(run.loss.name)
-        if run.eval.probe is not None and logits:
-            raise ConfigError(
-                f"{where}: eval.probe judges an embedding loss's encoder, but loss {run.loss.name!r} trains a "
-                "classifier, whose own accuracy is measured"
-            )
         if run.eval.corruptions is not None and not logits and run.eval.probe is None:
             raise ConfigError(
                 f"{where}: eval.corruptions needs something that classifies: a classification loss, or "

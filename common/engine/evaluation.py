@@ -64,7 +64,7 @@ def evaluation_modules(run: RunConfig) -> list[str]:
         modules.append(CLASSIFICATION)
         if run.eval.sharpness is not None:
             modules.append(SHARPNESS)
-    if run.eval.probe is not None:
+    if run.eval.probe is not None and not reads_logits(run.loss.name):
         modules.append(REPRESENTATION)
     if run.eval.corruptions is not None:
         modules.append(CORRUPTIONS)

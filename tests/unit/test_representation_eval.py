@@ -75,7 +75,6 @@ def test_the_representation_module_is_a_dependency_only_of_runs_that_probe(tmp_p
 @pytest.mark.parametrize(
     ("evaluation", "methods", "message"),
     [
-        ({"probe": {}}, None, "eval.probe judges an embedding loss's encoder"),
         ({"corruptions": {}}, SUPCON, "eval.corruptions needs something that classifies"),
         ({"probe": {}, "corruptions": {"severities": [0]}}, SUPCON, "severities must be in 1..5"),
         ({"probe": {}, "corruptions": {"kinds": ["fog"]}}, SUPCON, "kinds"),
