@@ -143,3 +143,33 @@ def test_squentropy_spread_section_compares_each_loss_with_squentropy(tmp_path):
     lines = sections(_context(groups, ["squentropy", "cross_entropy"], ["d"], "squentropy", tmp_path))
     row = next(line for line in lines if "CROSS_ENTROPY" in line)
     assert f"**{REPRODUCED}**" in row
+
+
+def test_supcon_stability_section_takes_the_spread_of_the_grid_means(tmp_path):
+    from papers.supcon.report import GRID_SUFFIXES, sections
+
+    # grid means: SupCon 0.80 0.81 0.79 0.80 (tight), cross-entropy 0.80 0.60 0.75 0.50 (wide); 2 seeds each
+    # whose mean is the grid value, so the seed spread must not enter
+    tight, wide = [0.80, 0.81, 0.79, 0.80], [0.80, 0.60, 0.75, 0.50]
+    groups, methods = {}, []
+    for family, means in (("supcon_out", tight), ("cross_entropy", wide)):
+        for suffix, mean in zip(GRID_SUFFIXES, means, strict=True):
+            method = family + suffix
+            methods.append(method)
+            groups[("d", method)] = [
+                _record(method, 0, top1_accuracy=mean - 0.05),
+                _record(method, 1, top1_accuracy=mean + 0.05),
+            ]
+    lines = sections(_context(groups, methods, ["d"], "supcon", tmp_path))
+    ce_row = next(line for line in lines if line.startswith("| d | Cross-entropy |"))
+    assert "30.0" in ce_row and f"{100 * statistics.stdev(wide):.2f}" in ce_row
+    supcon_row = next(line for line in lines if line.startswith("| d | SupCon (outside) |"))
+    assert f"{100 * statistics.stdev(tight):.2f}" in supcon_row and "| 2.0 |" in supcon_row
+    verdict = lines[-1]
+    assert verdict.startswith("- d: sd(SupCon) / sd(cross-entropy) = ")
+    assert f"**{REPRODUCED}**" in verdict
+    # one family missing: rows but no verdict
+    only = {k: v for k, v in groups.items() if k[1].startswith("supcon")}
+    assert not any(
+        line.startswith("- d:") for line in sections(_context(only, methods[:4], ["d"], "supcon", tmp_path))
+    )
