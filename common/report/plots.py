@@ -17,7 +17,8 @@ from common.report.stats import mean_ci  # noqa: E402
 _PNG_METADATA = {"Software": None}
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG whose bytes depend only on the data, and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata=_PNG_METADATA)
@@ -43,7 +44,7 @@ def recall_at_k_curves(groups: dict[tuple[str, str], list[dict]], datasets: list
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def similarity_histograms(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
@@ -77,7 +78,7 @@ def similarity_histograms(groups: dict[tuple[str, str], list[dict]], datasets: l
                 ax.set_ylabel("density")
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def training_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
@@ -103,7 +104,7 @@ def training_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[st
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def few_shot_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:
@@ -133,7 +134,7 @@ def few_shot_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[st
         ax.set_title(f"{dataset}: {n_way}-way")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _is_few_shot(key: str) -> bool:
@@ -170,4 +171,4 @@ def reliability_diagrams(groups: dict[tuple[str, str], list[dict]], datasets: li
             ax.set_xlabel("confidence")
             ax.set_ylabel("accuracy")
             ax.set_title(f"{records[0]['label']}\n{dataset}", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)

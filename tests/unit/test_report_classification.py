@@ -173,3 +173,33 @@ def test_supcon_stability_section_takes_the_spread_of_the_grid_means(tmp_path):
     assert not any(
         line.startswith("- d:") for line in sections(_context(only, methods[:4], ["d"], "supcon", tmp_path))
     )
+
+
+def test_align_uniform_section_ranks_the_encoders_and_draws_the_plane(tmp_path):
+    from papers.align_uniform.report import sections, spearman_interval
+
+    # 8 encoders: accuracy falls exactly as alignment rises (rho = -1); uniformity rises with accuracy (+1)
+    groups, methods = {}, []
+    for i in range(8):
+        method = f"{'ntxent' if i % 2 else 'au'}_{i}"
+        methods.append(method)
+        records = []
+        for seed in range(2):
+            record = _record(method, seed, top1_accuracy=0.9 - 0.05 * i, knn_accuracy=0.85 - 0.04 * i)
+            record["metrics"] |= {"alignment": 0.1 + 0.1 * i, "uniformity": -1.0 - 0.2 * i}
+            record["config"] = {"loss": {"name": "ntxent" if i % 2 else "align_uniform"}}
+            records.append(record)
+        groups[("d", method)] = records
+    context = _context(groups, methods, ["d"], "align_uniform", tmp_path)
+    lines = sections(context)
+    alignment_rows = [line for line in lines if line.startswith("| d | alignment |")]
+    assert len(alignment_rows) == 2 and all(
+        "-1.00" in row and f"**{REPRODUCED}**" in row for row in alignment_rows
+    )
+    uniformity_rows = [line for line in lines if line.startswith("| d | uniformity |")]
+    assert all("1.00" in row and f"**{NOT_REPRODUCED}**" in row for row in uniformity_rows)
+    assert (tmp_path / "alignment_uniformity.png").read_bytes()[:4] == b"\x89PNG"
+    best = next(line for line in lines if line.startswith("Best encoder"))
+    assert "AU_0 90.0" in best and "NTXENT_1 85.0" in best
+    rho, low, high = spearman_interval([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
+    assert rho == pytest.approx(0.8) and low <= rho <= high

@@ -1,0 +1,156 @@
+"""The alignment-and-uniformity report's own sections: do the two metrics rank the encoders as downstream
+accuracy does (Spearman's rho with a bootstrap interval over encoders), the (alignment, uniformity) plane
+coloured by accuracy, and the best direct-loss encoder against the best contrastive one."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from scipy import stats
+
+from common.report.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+
+if TYPE_CHECKING:
+    from common.report.build import ReportContext
+
+ACCURACIES = {"top1_accuracy": "linear probe", "knn_accuracy": "k-NN"}
+GEOMETRY = ("alignment", "uniformity")
+BOOTSTRAP_SAMPLES = 2000
+FIGURE = "alignment_uniformity.png"
+
+
+def encoder_means(context: ReportContext, dataset: str) -> list[dict]:
+    """One point per method: its label, loss name and the mean over seeds of each metric it has."""
+    points = []
+    for method in context.methods:
+        records = context.groups.get((dataset, method), [])
+        if not records:
+            continue
+        keys = [*ACCURACIES, *GEOMETRY]
+        if not all(k in records[0]["metrics"] for k in keys):
+            continue
+        means = {k: statistics.fmean(r["metrics"][k] for r in records) for k in keys}
+        points.append(
+            {
+                "method": method,
+                "label": records[0]["label"],
+                "loss": records[0]["config"]["loss"]["name"],
+                **means,
+            }
+        )
+    return points
+
+
+def spearman_interval(x: list[float], y: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's rho of ``x`` and ``y`` and its 95% percentile-bootstrap interval (points resampled with
+    replacement; resamples with a constant side are skipped)."""
+    rho = float(stats.spearmanr(x, y).statistic)
+    generator = torch.Generator().manual_seed(seed)
+    n, draws = len(x), []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        idx = torch.randint(0, n, (n,), generator=generator).tolist()
+        xs, ys = [x[i] for i in idx], [y[i] for i in idx]
+        if len(set(xs)) > 1 and len(set(ys)) > 1:
+            draws.append(float(stats.spearmanr(xs, ys).statistic))
+    if len(draws) < BOOTSTRAP_SAMPLES // 2:
+        return rho, math.nan, math.nan
+    low, high = torch.quantile(
+        torch.tensor(draws, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64)
+    ).tolist()
+    return rho, low, high
+
+
+def _verdict(low: float, high: float) -> str:
+    """Lower alignment and uniformity are better, so agreement with accuracy is a negative rho."""
+    if math.isnan(low):
+        return INCONCLUSIVE
+    if high < 0:
+        return REPRODUCED
+    if low > 0:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def scatter(points: list[dict], path: Path) -> None:
+    from common.report.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.6))
+    shown = ax.scatter(
+        [p["alignment"] for p in points],
+        [p["uniformity"] for p in points],
+        c=[100 * p["top1_accuracy"] for p in points],
+        cmap="viridis",
+        marker="o",
+        s=60,
+        edgecolors="black",
+        linewidths=0.5,
+    )
+    for p in points:
+        ax.annotate(
+            p["label"],
+            (p["alignment"], p["uniformity"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    fig.colorbar(shown, ax=ax, label="linear probe top-1 (%)")
+    ax.set_xlabel("alignment (lower is better)")
+    ax.set_ylabel("uniformity (lower is better)")
+    save_figure(fig, path)
+
+
+def sections(context: ReportContext) -> list[str]:
+    lines = [
+        "",
+        "## Do alignment and uniformity agree with downstream accuracy?",
+        "",
+        "Each encoder (method) is one point: the mean over seeds of its metrics. Spearman's rho between each "
+        "metric and each accuracy across the encoders, with a 95% percentile-bootstrap interval (encoders "
+        f"resampled {BOOTSTRAP_SAMPLES} times). Both metrics are better when lower, so agreement is a negative "
+        "rho: reproduced if the interval lies below 0, not reproduced if above, else inconclusive.",
+        "",
+        "| dataset | metric | accuracy | encoders | Spearman rho [95% interval] | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    figures = []
+    for dataset in context.datasets:
+        points = encoder_means(context, dataset)
+        if len(points) < 3:
+            continue
+        for metric in GEOMETRY:
+            for accuracy, name in ACCURACIES.items():
+                rho, low, high = spearman_interval([p[metric] for p in points], [p[accuracy] for p in points])
+                lines.append(
+                    f"| {dataset} | {metric} | {name} | {len(points)} | {rho:.2f} [{low:.2f}, {high:.2f}] "
+                    f"| **{_verdict(low, high)}** |"
+                )
+        name = FIGURE if len(context.datasets) == 1 else f"alignment_uniformity_{dataset}.png"
+        scatter(points, context.figures / name)
+        figures.append(f"![Alignment and uniformity, {dataset}](figures/{context.meta.slug}/{name})")
+        best = {}
+        for loss in ("ntxent", "align_uniform"):
+            family = [p for p in points if p["loss"] == loss]
+            if family:
+                best[loss] = max(family, key=lambda p: p["top1_accuracy"])
+        if len(best) == 2:
+            lines += [
+                "",
+                f"Best encoder of each loss on {dataset} (linear probe top-1, mean over seeds; chosen on the test "
+                "set, so both are optimistic alike): "
+                f"{best['align_uniform']['label']} {100 * best['align_uniform']['top1_accuracy']:.1f}, "
+                f"{best['ntxent']['label']} {100 * best['ntxent']['top1_accuracy']:.1f}.",
+            ]
+    if figures:
+        lines += [
+            "",
+            "### The encoders in the (alignment, uniformity) plane",
+            "",
+            *figures,
+            "",
+            "Colour: linear-probe top-1. The paper's figure has the best encoders in the lower left.",
+        ]
+    return lines
