@@ -129,7 +129,6 @@ def test_check_reports_passes_when_current_and_names_the_stage_when_code_changes
 def test_a_change_to_a_loss_no_method_uses_stales_nothing(smoke_repo):
     repo, env, _ = smoke_repo
     for unrelated in (
-        "common/losses/supcon.py",
         "common/samplers/class_balanced.py",
         "common/losses/siglip.py",
     ):
@@ -143,6 +142,20 @@ def test_a_change_to_an_optional_evaluation_stales_only_the_papers_that_use_it(s
     assert result.returncode == 2
     stale = {line.split(":")[0].strip("- ") for line in result.stderr.splitlines() if "modified" in line}
     assert stale == {"run-arcface-omniglot", "run-arcface-omniglot_noise20", "run-arcface-omniglot_noise40"}
+
+
+def test_a_change_to_views_probe_or_corruptions_stales_only_the_contrastive_papers(smoke_repo):
+    repo, env, _ = smoke_repo
+    expected = {
+        "common/data/views.py": {"run-supcon-fashion_mnist", "run-align_uniform-fashion_mnist"},
+        "common/engine/representation.py": {"run-supcon-fashion_mnist", "run-align_uniform-fashion_mnist"},
+        "common/data/corruptions.py": {"run-supcon-fashion_mnist"},
+    }
+    for module, stages in expected.items():
+        result = _check_reports_after_editing(repo, env, module)
+        assert result.returncode == 2, f"{module}: {result.stdout}{result.stderr}"
+        stale = {line.split(":")[0].strip("- ") for line in result.stderr.splitlines() if "modified" in line}
+        assert stale == stages, module
 
 
 def test_a_change_to_sam_or_to_classifier_evaluation_stales_only_the_papers_that_use_it(smoke_repo):
