@@ -47,9 +47,11 @@ METRIC_NAMES = {
     "nll": "NLL (nats)",
     "sharpness_rho": "rho-sharpness (loss)",
     "hessian_top_eigenvalue": "Hessian λ_max",
+    "knn_accuracy": "k-NN",
+    "corruption_accuracy": "corrupted top-1",
 }
 # Metrics shown as they are (not in %), with three decimals.
-RAW_METRICS = frozenset({"nll", "sharpness_rho", "hessian_top_eigenvalue"})
+RAW_METRICS = frozenset({"nll", "sharpness_rho", "hessian_top_eigenvalue", "alignment", "uniformity"})
 
 
 def format_interval(metric: str, interval: Interval | dict[str, float]) -> str:
