@@ -51,7 +51,9 @@ def test_reproduce_is_dvc_repro_of_the_papers_report_stage(monkeypatch):
 
 def test_reproduce_names_what_is_wrong(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
-    with pytest.raises(ConfigError, match="no such paper; papers with a paper.yaml: align_uniform, arcface, circle_loss"):
+    with pytest.raises(
+        ConfigError, match="no such paper; papers with a paper.yaml: align_uniform, arcface, circle_loss"
+    ):
         reproduce_command("nope")
     with pytest.raises(ConfigError, match=r"no dataset 'mnist' .*its datasets: fashion_mnist, omniglot"):
         reproduce_command("multi_similarity", "mnist")
