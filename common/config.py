@@ -339,7 +339,7 @@ class PaperSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     datasets: dict[str, dict[str, Any] | None]
     train: dict[str, Any]
-    varies: list[Literal["loss", "sampler", "classifier", "optimizer", "views"]] = ["loss"]
+    varies: list[Literal[METHOD_KEYS]] = ["loss"]
     methods: dict[str, dict[str, Any]]
     profiles: dict[str, dict[str, Any]]
     tune: TuneSpec | None = None

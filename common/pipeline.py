@@ -115,7 +115,7 @@ def component_modules(paper: str, dataset: str, params_path: Path) -> set[str]:
     it asks for, on every profile."""
     from common import losses, models, optim, samplers
     from common.config import load_paper_section, resolve_runs
-    from common.engine.evaluation import evaluation_modules
+    from common.engine.evaluation import optional_modules
 
     registries = {"loss": losses.LOSSES, "sampler": samplers.SAMPLERS}
     registries |= {"optimizer": optim.OPTIMIZERS, "model": models.MODELS}
@@ -128,7 +128,7 @@ def component_modules(paper: str, dataset: str, params_path: Path) -> set[str]:
                 module = registry.module_of(getattr(run, kind).name)
                 if module is not None:
                     found.add(module)
-            found.update(evaluation_modules(run))
+            found.update(optional_modules(run))
     return found
 
 

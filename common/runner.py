@@ -44,7 +44,7 @@ from common.config import (
     resolve_trials,
 )
 from common.data.loading import data_fingerprint, load_prepared, load_split
-from common.data.transforms import holdout_indices, long_tailed_indices, noisy_labels
+from common.data.transforms import fixed_subset, holdout_indices, long_tailed_indices, noisy_labels
 from common.engine.evaluation import CORRUPTIONS, CorruptedTests, OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
 from common.errors import check_writable_dir, run_command
@@ -62,13 +62,6 @@ CHECKPOINTS_ROOT = Path("checkpoints")
 ATTEMPTS_FILE = "mlflow_attempts.json"
 
 
-def _subset(n: int, limit: int | None) -> torch.Tensor:
-    """A fixed random subset (the same for every method and seed), or everything."""
-    if limit is None or limit >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
-
-
 @cache
 def _load_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return load_prepared(path, split)
@@ -78,7 +71,7 @@ def _load_split(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _pixel_stats(path: Path, train_limit: int | None) -> tuple[float, float]:
     """Mean and std of the training pixels (of the run's training subset): the standardization of every input."""
     images, labels = _load_split(path, "train")
-    pixels = images[_subset(len(labels), train_limit)].float().div(255.0)
+    pixels = images[fixed_subset(len(labels), train_limit)].float().div(255.0)
     return float(pixels.mean()), float(pixels.std())
 
 
@@ -89,9 +82,9 @@ def _model_inputs(
     """Train and test tensors, standardized with the training pixels' mean and std; shared by all runs alike."""
     train_images, train_labels = _load_split(path, "train")
     test_images, test_labels = _load_split(path, "test")
-    keep = _subset(len(train_labels), train_limit)
+    keep = fixed_subset(len(train_labels), train_limit)
     train_images, train_labels = train_images[keep], train_labels[keep]
-    keep = _subset(len(test_labels), eval_limit)
+    keep = fixed_subset(len(test_labels), eval_limit)
     test_images, test_labels = test_images[keep], test_labels[keep]
     mean, std = _pixel_stats(path, train_limit)
     return (
@@ -145,9 +138,9 @@ def _corrupted_tests(
     training images."""
     corruptions = importlib.import_module(CORRUPTIONS)
     images, labels = _load_split(path, "test")
-    keep = _subset(len(labels), eval_limit)
+    keep = fixed_subset(len(labels), eval_limit)
     images, labels = images[keep], labels[keep]
-    keep = _subset(len(labels), spec.max_items)
+    keep = fixed_subset(len(labels), spec.max_items)
     images, labels = images[keep], labels[keep]
     mean, std = _pixel_stats(path, train_limit)
     corrupted = {

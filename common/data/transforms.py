@@ -44,6 +44,7 @@ import torch
 __all__ = [
     "CIFAR10_ASYMMETRIC",
     "LongTailedSubset",
+    "fixed_subset",
     "NoisyLabels",
     "long_tailed_counts",
     "long_tailed_indices",
@@ -53,6 +54,14 @@ __all__ = [
 #: Patrini et al., "Making Deep Neural Networks Robust to Label Noise: a Loss Correction Approach",
 #: CVPR 2017: truck -> automobile, bird -> airplane, deer -> horse, cat -> dog, dog -> cat.
 CIFAR10_ASYMMETRIC: dict[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+
+
+def fixed_subset(n: int, limit: int | None) -> torch.Tensor:
+    """Increasing indices of a fixed random subset of ``limit`` of ``n`` items (the same for every method,
+    seed and run), or all of them."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
 
 
 class LongTailedSubset(NamedTuple):

@@ -3,9 +3,9 @@ episodes and Omniglot's one-shot runs when asked for, and the sub-center analysi
 sub-centers. A classifier (a run whose loss reads logits) is measured by ``common.engine.classification``
 instead.
 
-Optional evaluations live in their own modules, imported only by the runs that ask for them, so a change to
-one does not rerun papers that never use it: :func:`evaluation_modules` names them for the pipeline's stage
-dependencies, and :func:`evaluate` imports them from the same table.
+Optional evaluations (and the training views) live in their own modules, imported only by the runs that ask
+for them, so a change to one does not rerun papers that never use it: :func:`optional_modules` names them for
+the pipeline's stage dependencies, and the trainer and :func:`evaluate` import them from the same table.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class CorruptedTests:
     labels: torch.Tensor
 
 
-def evaluation_modules(run: RunConfig) -> list[str]:
+def optional_modules(run: RunConfig) -> list[str]:
     """The optional modules ``run`` imports (a stage dependency): its evaluations, and the training views."""
     modules = [VIEWS] if run.views is not None else []
     if reads_logits(run.loss.name):

@@ -19,20 +19,11 @@ from __future__ import annotations
 import torch
 
 from common.config import RunConfig
+from common.data.transforms import fixed_subset
 from common.data.views import two_views
 from common.engine.evaluation import CorruptedTests, SplitTensors, embed
 from common.metrics.classification import corruption_accuracy
 from common.metrics.representation import alignment, knn_accuracy, linear_probe, uniformity
-
-
-def fixed_subset(n: int, limit: int | None) -> torch.Tensor:
-    """Indices of a fixed random subset of ``limit`` of ``n`` items (the same for every run), or all."""
-    if limit is None or limit >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
-
-
-REPRESENTATION_KEYS = ("top1_accuracy", "knn_accuracy", "uniformity", "alignment", "corruption_accuracy")
 
 
 def representation_metrics(

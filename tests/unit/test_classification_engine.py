@@ -509,18 +509,16 @@ def test_sharpness_metrics_appear_only_when_asked_for_and_use_the_spec(tmp_path)
 
 
 def test_a_classification_run_depends_on_the_classification_and_sharpness_modules(tmp_path):
-    from common.engine.evaluation import CLASSIFICATION, SHARPNESS, evaluation_modules
+    from common.engine.evaluation import CLASSIFICATION, SHARPNESS, optional_modules
 
-    assert evaluation_modules(_eval_run(tmp_path / "plain")) == [CLASSIFICATION]
+    assert optional_modules(_eval_run(tmp_path / "plain")) == [CLASSIFICATION]
     sharp = _eval_run(tmp_path / "sharp", sharpness={"samples": 8})
-    assert evaluation_modules(sharp) == [CLASSIFICATION, SHARPNESS]
+    assert optional_modules(sharp) == [CLASSIFICATION, SHARPNESS]
     embedding = classification_run(
         tmp_path / "embedding",
         train={"loss": {"name": "multi_similarity"}, "eval": {"sharpness": {"samples": 8}}},
     )
-    assert CLASSIFICATION not in evaluation_modules(embedding) and SHARPNESS not in evaluation_modules(
-        embedding
-    )
+    assert CLASSIFICATION not in optional_modules(embedding) and SHARPNESS not in optional_modules(embedding)
 
 
 # ------------------------------------------------------------------------------- trainer: SAM helpers

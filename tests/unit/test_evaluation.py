@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.config import engine_loss_kwargs
-from common.engine.evaluation import dominant_subcenter_shares, evaluation_modules, similarity_histograms
+from common.engine.evaluation import dominant_subcenter_shares, optional_modules, similarity_histograms
 from common.engine.few_shot import episode_accuracies, few_shot_metrics, one_shot_run_error
 
 
@@ -111,5 +111,5 @@ def test_optional_evaluations_are_named_only_when_asked_for():
 
     ms = resolve_runs("multi_similarity", "params.yaml", "smoke")[0]
     arcface = resolve_runs("arcface", "params.yaml", "smoke")[0]
-    assert evaluation_modules(ms) == []
-    assert evaluation_modules(arcface) == ["common.metrics.verification"]
+    assert optional_modules(ms) == []
+    assert optional_modules(arcface) == ["common.metrics.verification"]

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from common import losses, models, optim, samplers
 from common.config import engine_loss_kwargs, load_paper_section, resolve_runs
-from common.engine.evaluation import evaluation_modules
+from common.engine.evaluation import optional_modules
 import common.runner
 
 def imports_of(paper, dataset):
@@ -50,7 +50,7 @@ def imports_of(paper, dataset):
             criterion = losses.build(run.loss.name, **run.loss.kwargs, **extra)
             optim.build(run.optimizer.name, list(model.parameters()), **run.optimizer.kwargs)
             samplers.SAMPLERS.get(run.sampler.name)
-            for module in evaluation_modules(run):
+            for module in optional_modules(run):
                 importlib.import_module(module)
     root = Path.cwd().resolve()
     files = set()
