@@ -11,7 +11,9 @@ A paper's section has four parts that are merged, in this order, into one config
 Methods may only set ``loss`` (and a ``label``), so that within a paper's table every method has the
 same backbone, data, augmentation and budget: the fair-comparison rule of the replication standard.
 A paper whose compared variable is something else (Prototypical Networks compares training ways) names
-it in ``varies`` (default ``[loss]``), so the exception is declared where everyone sees it.
+it in ``varies`` (default ``[loss]``), so the exception is declared where everyone sees it. A method that
+trains for part of the budget sets ``epochs_share`` (in (0, 1], of the profile's epochs, at least one), so
+that the comparison holds under every profile.
 Every resolved run is validated, and its components are built once on the spot, before any
 training starts: a typo or an out-of-range value fails at once with the key path in the message.
 
@@ -42,7 +44,7 @@ ENGINE_SAMPLER_ARGS = frozenset({"labels", "seed", "rank", "world_size", "batche
 ENGINE_LOSS_ARGS = frozenset({"num_classes", "embedding_dim", "class_counts"})
 DATASETS = ("fashion_mnist", "omniglot")
 # What a paper may declare that its methods vary (see ``varies``).
-METHOD_KEYS = ("loss", "sampler", "classifier", "optimizer", "views")
+METHOD_KEYS = ("loss", "sampler", "classifier", "optimizer", "views", "epochs_share")
 
 
 class Component(BaseModel):
@@ -435,8 +437,14 @@ def resolve_runs(
             )
             merged.setdefault("label", method)
             merged.setdefault("data", dataset)
+            where = f"{params_path}: {paper} (dataset {dataset}, method {method}, profile {profile})"
+            if "epochs_share" in merged:
+                share, epochs = merged.pop("epochs_share"), merged.get("epochs")
+                if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+                    raise ConfigError(f"{where}: epochs_share must be a number in (0, 1]; got {share!r}")
+                if isinstance(epochs, int):
+                    merged["epochs"] = max(1, round(share * epochs))
             for seed in seeds:
-                where = f"{params_path}: {paper} (dataset {dataset}, method {method}, profile {profile})"
                 fields = {
                     "paper": paper,
                     "method": method,

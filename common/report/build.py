@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import expected_config, load_paper_section, point_label, resolve_runs
+from common.config import RunConfig, expected_config, load_paper_section, point_label, resolve_runs
 from common.errors import run_command
 from common.paper import PaperMeta, check_claims, load_paper
 from common.params import ConfigError
@@ -160,6 +160,29 @@ def tuning_section(
     return lines
 
 
+def _shared_setup(runs: list[RunConfig]) -> tuple[str, str]:
+    """What the summary says the methods share (", sampler, ... and budget (3 epochs x 30 batches)") and,
+    where a paper's methods also vary some of it, what they differ in ("; the methods also differ in ...")."""
+    parts = {
+        "sampler": lambda r: r.sampler,
+        "optimizer": lambda r: r.optimizer,
+        "augmentation": lambda r: (r.augment, r.views),
+        "budget": lambda r: (r.epochs, r.batches_per_epoch),
+    }
+    same = [name for name, part in parts.items() if len({str(part(r)) for r in runs}) == 1]
+    differ = [name for name in parts if name not in same]
+    if "budget" in same:
+        same[-1] = f"budget ({runs[0].epochs} epochs x {runs[0].batches_per_epoch} batches)"
+    shared = f", {_listed(same)}" if same else ""
+    varied = f"; the methods also differ in {_listed(differ)} (see their labels)" if differ else ""
+    return shared, varied
+
+
+def _listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
+
+
 def _metric_name(key: str) -> str:
     if key.startswith("fewshot_"):  # fewshot_5way_1shot -> 5-way 1-shot
         ways, shots = key.removeprefix("fewshot_").split("_")[:2]
@@ -260,9 +283,7 @@ def build_report(
     counts = {v: sum(c["verdict"] == v for c in claims) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
     seeds = sorted({r["seed"] for r in records})
     first = runs[0]
-    shared = "".join(
-        f"{part}, " for part in ("sampler", "optimizer") if len({str(getattr(r, part)) for r in runs}) == 1
-    )
+    shared, varied = _shared_setup(runs)
     tuned = (
         "; each method's hyper-parameters picked on held-out training data (see below)"
         if any("tuning" in r for r in records)
@@ -280,9 +301,8 @@ def build_report(
         "## Summary",
         "",
         f"{meta.summary} We trained {len(methods)} methods ({', '.join(groups[(datasets[0], m)][0]['label'] for m in methods)}) "
-        f"with the same backbone ({first.model.name}, {', '.join(f'{k}={v}' for k, v in first.model.kwargs.items())}), "
-        f"{shared}augmentation and budget ({first.epochs} epochs x {first.batches_per_epoch} batches) on "
-        f"{', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`{tuned}. "
+        f"with the same backbone ({first.model.name}, {', '.join(f'{k}={v}' for k, v in first.model.kwargs.items())})"
+        f"{shared} on {', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`{tuned}{varied}. "
         f"Of {len(claims)} claim checks, {counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not reproduced and "
         f"{counts[INCONCLUSIVE]} inconclusive. {meta.scale_note}",
         "",

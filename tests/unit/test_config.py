@@ -171,3 +171,27 @@ def test_trials_give_every_method_its_grid_on_held_out_data_with_a_share_of_the_
         assert getattr(run, component).kwargs[name] == value
     margins = sorted(run.loss.kwargs["margin"] for run, _ in trials if run.method == "triplet")
     assert margins == [0.05, 0.05, 0.2, 0.2]  # two datasets
+
+
+def test_epochs_share_trains_a_method_for_part_of_every_profiles_epochs(tmp_path):
+    runs = {
+        (r.profile, r.method): r.epochs
+        for p in ("smoke", "cpu", "gpu")
+        for r in resolve_runs("align_uniform", REPO / "params.yaml", p)
+    }
+    assert [runs[(p, "au_lam1")] for p in ("smoke", "cpu", "gpu")] == [1, 3, 100]
+    assert [runs[(p, "au_lam1_third_epochs")] for p in ("smoke", "cpu", "gpu")] == [1, 1, 33]
+    assert [runs[(p, "au_lam1_two_thirds_epochs")] for p in ("smoke", "cpu", "gpu")] == [1, 2, 67]
+
+    def share(value):
+        return lambda p: p["align_uniform"]["methods"]["au_lam1"].update(epochs_share=value)
+
+    for bad in (0, 1.5, "half", True):
+        with pytest.raises(ConfigError, match=r"method au_lam1, .*epochs_share must be a number in \(0, 1\]"):
+            resolve_runs("align_uniform", _params(tmp_path, share(bad)), "cpu")
+
+    def undeclared(p):
+        p["align_uniform"]["varies"] = ["loss", "views"]
+
+    with pytest.raises(ConfigError, match=r"methods\.\w+_epochs sets \['epochs_share'\]"):
+        resolve_runs("align_uniform", _params(tmp_path, undeclared), "cpu")

@@ -203,3 +203,21 @@ def test_align_uniform_section_ranks_the_encoders_and_draws_the_plane(tmp_path):
     assert "AU_0 90.0" in best and "NTXENT_1 85.0" in best
     rho, low, high = spearman_interval([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
     assert rho == pytest.approx(0.8) and low <= rho <= high
+
+
+def test_the_summary_names_what_the_methods_share_and_what_they_also_vary():
+    from common.config import resolve_runs
+    from common.report.build import _shared_setup
+
+    assert _shared_setup(resolve_runs("polyloss", "params.yaml", "cpu")) == (
+        ", sampler, optimizer, augmentation and budget (5 epochs x 30 batches)",
+        "",
+    )
+    assert _shared_setup(resolve_runs("sam", "params.yaml", "cpu")) == (
+        ", sampler, augmentation and budget (3 epochs x 30 batches)",
+        "; the methods also differ in optimizer (see their labels)",
+    )
+    assert _shared_setup(resolve_runs("align_uniform", "params.yaml", "cpu")) == (
+        ", sampler and optimizer",
+        "; the methods also differ in augmentation and budget (see their labels)",
+    )
