@@ -21,6 +21,8 @@ ACCURACIES = {"top1_accuracy": "linear probe", "knn_accuracy": "k-NN"}
 GEOMETRY = ("alignment", "uniformity")
 BOOTSTRAP_SAMPLES = 2000
 FIGURE = "alignment_uniformity.png"
+LOSS_NAMES = {"ntxent": "NT-Xent", "align_uniform": "alignment + uniformity"}
+LOSS_MARKERS = {"ntxent": "o", "align_uniform": "s"}
 
 
 def encoder_means(context: ReportContext, dataset: str) -> list[dict]:
@@ -76,28 +78,40 @@ def _verdict(low: float, high: float) -> str:
 
 
 def scatter(points: list[dict], path: Path) -> None:
+    """Encoders in the (alignment, uniformity) plane, coloured by probe top-1, one marker per loss; labels
+    of the right half point left, so that none runs off the axes."""
     from common.report.plots import plt, save_figure
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.6))
-    shown = ax.scatter(
-        [p["alignment"] for p in points],
-        [p["uniformity"] for p in points],
-        c=[100 * p["top1_accuracy"] for p in points],
-        cmap="viridis",
-        marker="o",
-        s=60,
-        edgecolors="black",
-        linewidths=0.5,
-    )
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    accuracy = [100 * p["top1_accuracy"] for p in points]
+    colour = {"vmin": min(accuracy), "vmax": max(accuracy), "cmap": "viridis"}
+    for loss in dict.fromkeys(p["loss"] for p in points):
+        members = [i for i, p in enumerate(points) if p["loss"] == loss]
+        shown = ax.scatter(
+            [points[i]["alignment"] for i in members],
+            [points[i]["uniformity"] for i in members],
+            c=[accuracy[i] for i in members],
+            marker=LOSS_MARKERS.get(loss, "^"),
+            s=60,
+            edgecolors="black",
+            linewidths=0.5,
+            label=LOSS_NAMES.get(loss, loss),
+            **colour,
+        )
+    middle = sum(ax.get_xlim()) / 2
     for p in points:
+        left = p["alignment"] > middle
         ax.annotate(
             p["label"],
             (p["alignment"], p["uniformity"]),
             fontsize=6,
-            xytext=(3, 3),
+            xytext=(-4 if left else 4, 3),
             textcoords="offset points",
+            ha="right" if left else "left",
         )
     fig.colorbar(shown, ax=ax, label="linear probe top-1 (%)")
+    for handle in ax.legend(fontsize=7, loc="best").legend_handles:
+        handle.set_facecolor("lightgray")
     ax.set_xlabel("alignment (lower is better)")
     ax.set_ylabel("uniformity (lower is better)")
     save_figure(fig, path)
