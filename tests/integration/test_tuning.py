@@ -96,6 +96,7 @@ def test_a_changed_tuning_metric_reruns_the_reported_runs_but_not_the_trials(
         p: p.stat().st_mtime_ns for p in Path("records/multi_similarity/omniglot/_tuning").rglob("*.json")
     }
     reported = {p: p.stat().st_mtime_ns for p in Path("records").glob("*/*/*/seed*.json")}
+    assert trials and reported, "the first run wrote trials and reported runs"
     other = next(m for m in read_record(next(iter(trials)))["metrics"] if m != "map_at_r")
 
     section = yaml.safe_load(params.read_text())

@@ -64,7 +64,6 @@ def imports_of(paper, dataset):
 
 children = {}
 for name, paper, dataset in json.loads(sys.argv[1]):
-    sys.stdout.flush()
     child = os.fork()
     if child == 0:
         code = 1
