@@ -92,11 +92,21 @@ def spread_ratio(a: Sequence[float], b: Sequence[float], confidence: float = 0.9
     return SpreadRatio(math.sqrt(ratio), math.sqrt(ratio / f_high), math.sqrt(ratio / f_low))
 
 
-def spread_verdict(ratio: SpreadRatio) -> str:
-    """Verdict on "a varies less than b": reproduced if the interval of sd(a)/sd(b) lies below 1, not reproduced
-    if above 1, inconclusive otherwise."""
-    if math.isnan(ratio.ratio):
+def below_verdict(low: float, high: float, threshold: float) -> str:
+    """Verdict on "the quantity lies below ``threshold``" from its interval [low, high]: reproduced if the whole
+    interval is below, not reproduced if it is wholly above, inconclusive otherwise (or with no interval)."""
+    if math.isnan(low) or math.isnan(high):
         return INCONCLUSIVE
+    if high < threshold:
+        return REPRODUCED
+    if low > threshold:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def spread_verdict(ratio: SpreadRatio) -> str:
+    """Verdict on "a varies less than b": whether the interval of sd(a)/sd(b) lies below 1."""
+    return below_verdict(ratio.low, ratio.high, 1.0)
     if ratio.high < 1:
         return REPRODUCED
     if ratio.low > 1:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from scipy import stats
 
-from common.report.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from common.report.stats import below_verdict
 
 if TYPE_CHECKING:
     from common.report.build import ReportContext
@@ -64,17 +64,6 @@ def spearman_interval(x: list[float], y: list[float], seed: int = 0) -> tuple[fl
         torch.tensor(draws, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64)
     ).tolist()
     return rho, low, high
-
-
-def _verdict(low: float, high: float) -> str:
-    """Lower alignment and uniformity are better, so agreement with accuracy is a negative rho."""
-    if math.isnan(low):
-        return INCONCLUSIVE
-    if high < 0:
-        return REPRODUCED
-    if low > 0:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
 
 
 def scatter(points: list[dict], path: Path) -> None:
@@ -140,13 +129,13 @@ def sections(context: ReportContext) -> list[str]:
                 rho, low, high = spearman_interval([p[metric] for p in points], [p[accuracy] for p in points])
                 lines.append(
                     f"| {dataset} | {metric} | {name} | {len(points)} | {rho:.2f} [{low:.2f}, {high:.2f}] "
-                    f"| **{_verdict(low, high)}** |"
+                    f"| **{below_verdict(low, high, 0.0)}** |"
                 )
         name = FIGURE if len(context.datasets) == 1 else f"alignment_uniformity_{dataset}.png"
         scatter(points, context.figures / name)
         figures.append(f"![Alignment and uniformity, {dataset}](figures/{context.meta.slug}/{name})")
         best = {}
-        for loss in ("ntxent", "align_uniform"):
+        for loss in LOSS_NAMES:
             family = [p for p in points if p["loss"] == loss]
             if family:
                 best[loss] = max(family, key=lambda p: p["top1_accuracy"])

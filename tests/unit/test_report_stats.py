@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from common.report.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Interval, mean_ci, verdict
+from common.report.stats import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Interval,
+    below_verdict,
+    mean_ci,
+    verdict,
+)
 
 
 def test_mean_ci_matches_a_hand_computed_t_interval():
@@ -37,3 +45,18 @@ def test_verdict_from_the_difference_interval(diffs, expected):
 
 def test_format_in_percent():
     assert Interval(0.1234, 0.0101, 3).format() == "12.3 ± 1.0"
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "threshold", "expected"),
+    [
+        (-0.9, -0.2, 0.0, REPRODUCED),
+        (0.1, 0.7, 0.0, NOT_REPRODUCED),
+        (-0.5, 0.5, 0.0, INCONCLUSIVE),
+        (0.2, 0.9, 1.0, REPRODUCED),
+        (1.1, 3.0, 1.0, NOT_REPRODUCED),
+        (math.nan, math.nan, 0.0, INCONCLUSIVE),
+    ],
+)
+def test_below_verdict_reads_the_interval_against_the_threshold(low, high, threshold, expected):
+    assert below_verdict(low, high, threshold) == expected
