@@ -60,8 +60,13 @@ def _papers(args: argparse.Namespace) -> None:
         verdicts_text = "no report yet"
         if summary.is_file():
             claims = json.loads(summary.read_text())["claims"]
-            verdicts = [c["verdict"] for c in claims]
-            verdicts_text = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
+            parts = []
+            for source, name in (("paper", "paper"), ("ours", "ours")):
+                verdicts = [c["verdict"] for c in claims if c.get("source", "paper") == source]
+                if verdicts:
+                    counted = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
+                    parts.append(f"{name}: {counted}")
+            verdicts_text = "; ".join(parts)
         report = [] if args.no_status else [status[slug] if summary.is_file() else "-"]
         rows.append([slug, meta.venue, verdicts_text, *report, meta.title])
     print("\n".join(render_table(rows, width=10_000)))

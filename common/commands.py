@@ -198,7 +198,12 @@ def show_report(
             lines += ["", heading.removeprefix("### "), ""]
             lines += render_table(table, width)
     if claims and summary.get("claims"):
-        lines += ["", "Claims (verdict from the 95% interval of the per-seed difference better - worse)", ""]
+        lines += [
+            "",
+            "Claims (verdict from the paired per-seed difference, positive in the claimed direction, against the "
+            "claim's margin; in points)",
+            "",
+        ]
         lines += render_table(_claims_table(summary["claims"]), width)
         texts = {c["claim"]: c["text"] for c in summary["claims"] if "text" in c}
         lines += ["", *(f"  {key}: {text}" for key, text in texts.items())]
@@ -206,15 +211,23 @@ def show_report(
 
 
 def _claims_table(claims: Sequence[dict]) -> list[list[str]]:
-    from common.report.stats import Interval
+    from common.report.stats import RAW_METRICS, format_interval
 
-    rows = [["claim", "dataset", "metric", "better", "worse", "difference", "verdict"]]
+    rows = [["claim", "of", "dataset", "metric", "better", "worse", "difference", "margin", "verdict"]]
     for c in claims:
+        of = "paper" if c.get("source", "paper") == "paper" else "ours"
         if "difference" not in c:
-            rows.append([c["claim"], c["dataset"], "", "", "", "", f"{c['verdict']} ({c.get('why', '')})"])
+            rows.append(
+                [c["claim"], of, c["dataset"], "", "", "", "", "", f"{c['verdict']} ({c.get('why', '')})"]
+            )
             continue
-        cells = [Interval(**c[k]).format() for k in ("better", "worse", "difference")]
-        rows.append([c["claim"], c["dataset"], c["metric"], *cells, c["verdict"]])
+        cells = [format_interval(c["metric"], c[k]) for k in ("better", "worse", "difference")]
+        margin = c["margin"] if c["metric"] in RAW_METRICS else 100 * c["margin"]
+        needed = c.get("seeds_needed")
+        verdict = c["verdict"] + (
+            f" ({needed} seeds for 80% power)" if c["verdict"] == "inconclusive" and needed else ""
+        )
+        rows.append([c["claim"], of, c["dataset"], c["metric"], *cells, f"{margin:g}", verdict])
     return rows
 
 

@@ -1,8 +1,9 @@
 """A paper's metadata and claims: ``papers/<slug>/paper.yaml``, validated.
 
-The claims are the paper's own statements, each checked against our runs by the report:
-an ordering ``better > worse`` on one metric, per dataset, with the verdict computed from the
-95% interval of the per-seed difference. Headline numbers are the paper's figures on its own
+The claims are the paper's own statements (and our own checks, marked ``source: ours``), each checked against
+our runs by the report: an ordering ``better > worse`` on one metric, per dataset, judged on the paired per-seed
+difference against the claim's margin, its smallest effect of interest, declared here before the runs
+(``common.report.stats`` has the four verdicts). Headline numbers are the paper's figures on its own
 benchmarks, shown beside ours with the difference in scale stated.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.params import ConfigError, format_validation_error
 
@@ -30,6 +31,14 @@ class Claim(BaseModel):
     paper_evidence: str = ""  # what the paper reports for it
     source: Literal["paper", "ours"] = "paper"  # "ours": a check we added, not a claim of the paper
     lower_is_better: bool = False  # e.g. an error rate: "better" then means a lower value
+    # The smallest effect of interest, in the metric's units as the records hold it (0.01 = 1 point of a
+    # metric in [0, 1]): at most half the gain the paper reports for the claim, else 1 point for accuracy and
+    # recall metrics; the reason says which rule and which number.
+    margin: float = Field(gt=0)
+    margin_reason: str = Field(min_length=1)
+    # "superiority": better > worse; "non_inferiority": better is not worse than worse by more than the margin
+    # ("comparable or better").
+    kind: Literal["superiority", "non_inferiority"] = "superiority"
 
 
 class Headline(BaseModel):

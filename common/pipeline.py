@@ -198,7 +198,7 @@ def stages(params_path: Path = Path("params.yaml")) -> list[Stage]:
                     name=run_stage(paper, dataset),
                     cmd=f"${{launcher}} -m common.runner {paper} --dataset {dataset}",
                     entry=run_entry(paper, dataset, params_path),
-                    data_deps=[f"papers/{paper}/paper.yaml", f"data/prepared/{source}"],
+                    data_deps=[f"data/prepared/{source}"],  # claims are the report's: a run never reads them
                     params=["profile", paper],
                     outs=[_uncached(f"records/{paper}/{dataset}", persist=True)],
                 )
@@ -223,7 +223,7 @@ def stages(params_path: Path = Path("params.yaml")) -> list[Stage]:
             cmd="python -m common.report.build --index",
             entry=["common.report.build"],
             data_deps=[f"reports/{paper}.json" for paper in papers],
-            outs=[_uncached("reports/README.md")],
+            outs=[_uncached("reports/README.md"), _uncached("reports/figures/forest.png")],
         )
     )
     return result

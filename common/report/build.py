@@ -1,8 +1,9 @@
 """``report-<paper>``: run records -> ``reports/<paper>.md`` (+ figures and a JSON summary).
 
 Numbers are aggregated over seeds as mean ± half-width of the Student-t 95% interval. Each claim
-"A > B" is judged on the per-seed paired difference (same seed = same initialization and the same
-batches for both methods), which is what the seeds control for.
+"A > B" is judged on the per-seed paired difference against the claim's margin (``common.report.stats``: four
+verdicts, the power at the margin and the seeds that would decide an inconclusive check); the paper's claims and
+our own checks are counted apart, and a forest plot shows every check.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from common.paper import PaperMeta, check_claims, load_paper
 from common.params import ConfigError
 from common.records import read_paper_records
 from common.report import plots
-from common.report.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Interval, mean_ci, verdict
+from common.report.stats import (
+    INCONCLUSIVE,
+    RAW_METRICS,
+    VERDICTS,
+    Interval,
+    format_interval,
+    judge_claim,
+    mean_ci,
+    paired_correlation,
+)
 
 METRIC_NAMES = {
     "precision_at_1": "P@1",
@@ -50,18 +60,6 @@ METRIC_NAMES = {
     "knn_accuracy": "k-NN",
     "corruption_accuracy": "corrupted top-1",
 }
-# Metrics shown as they are (not in %), with three decimals.
-RAW_METRICS = frozenset({"nll", "sharpness_rho", "hessian_top_eigenvalue", "alignment", "uniformity"})
-
-
-def format_interval(metric: str, interval: Interval | dict[str, float]) -> str:
-    """``mean ± half-width`` of a metric: in % (one decimal), or as it is for the metrics in RAW_METRICS."""
-    interval = interval if isinstance(interval, Interval) else Interval(**interval)
-    if metric in RAW_METRICS:
-        return interval.format(scale=1.0, digits=3)
-    return interval.format()
-
-
 DATASET_NOTES = {
     "omniglot": "class-disjoint: trained on 5 background alphabets (136 characters), retrieval among the "
     "2120 images of 106 unseen characters (3 other alphabets)",
@@ -199,41 +197,174 @@ def _group(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
-def _paired_difference(better: list[dict], worse: list[dict], metric: str, sign: float = 1.0) -> Interval:
-    """Per-seed ``better - worse`` (``sign=-1``: ``worse - better``, for a metric where lower is better)."""
+def _paired_values(better: list[dict], worse: list[dict], metric: str) -> tuple[list[float], list[float]]:
+    """The two methods' values of ``metric`` on the seeds both have, in seed order."""
     worse_by_seed = {r["seed"]: r["metrics"][metric] for r in worse}
-    diffs = [
-        sign * (r["metrics"][metric] - worse_by_seed[r["seed"]]) for r in better if r["seed"] in worse_by_seed
-    ]
-    return mean_ci(diffs)
+    pairs = [(r["metrics"][metric], worse_by_seed[r["seed"]]) for r in better if r["seed"] in worse_by_seed]
+    return [b for b, _ in pairs], [w for _, w in pairs]
 
 
 def evaluate_claims(meta: PaperMeta, groups: dict, datasets: list[str]) -> list[dict[str, Any]]:
+    """One row per claim check (claim x dataset): the paired per-seed difference (better - worse, or worse -
+    better for a metric where lower is better, so positive is the claimed direction) judged against the
+    claim's margin."""
     rows = []
     for claim in meta.claims:
         for dataset in claim.datasets or datasets:
             better, worse = groups.get((dataset, claim.better), []), groups.get((dataset, claim.worse), [])
+            base = {"claim": claim.id, "source": claim.source, "dataset": dataset}
             if not better or not worse:
-                rows.append(
-                    {"claim": claim.id, "dataset": dataset, "verdict": INCONCLUSIVE, "why": "no runs"}
-                )
+                rows.append({**base, "verdict": INCONCLUSIVE, "why": "no runs"})
                 continue
-            diff = _paired_difference(better, worse, claim.metric, -1.0 if claim.lower_is_better else 1.0)
+            b, w = _paired_values(better, worse, claim.metric)
+            sign = -1.0 if claim.lower_is_better else 1.0
+            test = judge_claim(
+                [sign * (x - y) for x, y in zip(b, w, strict=True)],
+                claim.margin,
+                non_inferiority=claim.kind == "non_inferiority",
+            )
             rows.append(
                 {
-                    "claim": claim.id,
-                    "text": claim.text
-                    if claim.source == "paper"
-                    else f"{claim.text} (our check, not the paper's)",
-                    "dataset": dataset,
+                    **base,
+                    "text": claim.text,
                     "metric": claim.metric,
+                    "kind": claim.kind,
+                    "lower_is_better": claim.lower_is_better,
                     "better": mean_ci([r["metrics"][claim.metric] for r in better]).__dict__,
                     "worse": mean_ci([r["metrics"][claim.metric] for r in worse]).__dict__,
-                    "difference": diff.__dict__,
-                    "verdict": verdict(diff),
+                    "difference": test.difference.__dict__,
+                    "difference_90": [test.low90, test.high90],
+                    "margin": claim.margin,
+                    "margin_reason": claim.margin_reason,
+                    "power": test.power,
+                    "seeds_needed": test.seeds_needed,
+                    "correlation": paired_correlation(b, w),
+                    "verdict": test.verdict,
                     "paper_evidence": claim.paper_evidence,
                 }
             )
+    return rows
+
+
+def verdict_counts(claims: list[dict[str, Any]], source: str) -> dict[str, int]:
+    """How many of the checks of ``source`` ("paper" or "ours") got each verdict."""
+    return {v: sum(c["verdict"] == v and c["source"] == source for c in claims) for v in VERDICTS}
+
+
+def _counts_text(claims: list[dict[str, Any]]) -> str:
+    """ "Of the paper's 4 claim checks, 1 reproduced, ...; of our 2 own checks, ..." """
+    parts = []
+    for source, what in (("paper", "the paper's {} claim checks"), ("ours", "our {} own checks")):
+        counts = verdict_counts(claims, source)
+        total = sum(counts.values())
+        if total:
+            listed = _listed([f"{n} {v}" for v, n in counts.items() if n])
+            parts.append(f"of {what.format(total)}, {listed}")
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "."
+
+
+def _format_difference(c: dict[str, Any]) -> str:
+    """The mean difference in the metric's units (points, or as it is) with its 95% half-width."""
+    return format_interval(c["metric"], c["difference"])
+
+
+def _format_margin(c: dict[str, Any]) -> str:
+    if c["metric"] in RAW_METRICS:
+        return f"{c['margin']:g}"
+    return f"{100 * c['margin']:g}"
+
+
+def _verdict_cell(c: dict[str, Any]) -> str:
+    if c["verdict"] != INCONCLUSIVE:
+        return f"**{c['verdict']}**"
+    needed = c.get("seeds_needed")
+    if needed is None:
+        return f"**{INCONCLUSIVE}** (no affordable number of seeds decides it)"
+    return f"**{INCONCLUSIVE}** ({needed} seeds for 80% power)"
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def claims_section(claims: list[dict[str, Any]], figure: str) -> list[str]:
+    """The claims table (both kinds of check), the margins and their reasons, and the forest plot."""
+    correlations = sorted(
+        c["correlation"] for c in claims if "correlation" in c and c["correlation"] == c["correlation"]
+    )
+    median_r = correlations[len(correlations) // 2] if correlations else float("nan")
+    lines = [
+        "",
+        "## Claims",
+        "",
+        "Each check is judged on the paired per-seed difference (better - worse; worse - better where lower is "
+        "better, so positive is always the claimed direction) against the claim's margin, its smallest effect of "
+        "interest declared before the runs: **reproduced** if the 95% interval lies above 0, **reversed** if it "
+        "lies below 0, **no effect** if the 90% interval lies inside ± the margin, else **inconclusive**, with the "
+        'seeds that would give 80% power at the margin. A non-inferiority check ("comparable or better") is '
+        "reproduced if the 95% interval lies above -margin, reversed if below it. n: seeds paired; r: the "
+        "correlation of the two methods' per-seed values (what the pairing removes; median "
+        f"{_number(median_r)}); power: the chance these n seeds decide an effect the size of the margin, with "
+        "the observed spread of the differences. Differences and margins in points (raw metrics as they are).",
+        "",
+        "| check | of | dataset | metric | better | worse | difference | margin | n | r | power | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in claims:
+        of = "paper" if c["source"] == "paper" else "ours"
+        if "difference" not in c:
+            lines.append(
+                f"| {c['claim']} | {of} | {c['dataset']} | | | | | | | | | {c['verdict']} ({c['why']}) |"
+            )
+            continue
+        kind = " (non-inferiority)" if c["kind"] == "non_inferiority" else ""
+        lines.append(
+            f"| {c['text']}{kind} | {of} | {c['dataset']} | {_metric_name(c['metric'])} "
+            f"| {format_interval(c['metric'], c['better'])} | {format_interval(c['metric'], c['worse'])} "
+            f"| {_format_difference(c)} | {_format_margin(c)} | {c['difference']['n']} "
+            f"| {_number(c['correlation'])} | {_number(c['power'])} | {_verdict_cell(c)} |"
+        )
+    lines += ["", "Margins and what the paper reports:", ""]
+    seen = set()
+    for c in claims:
+        if "margin" not in c or c["claim"] in seen:
+            continue
+        seen.add(c["claim"])
+        evidence = f" The paper: {c['paper_evidence']}." if c["paper_evidence"] else ""
+        lines.append(f"- `{c['claim']}`: margin {_format_margin(c)} ({c['margin_reason']}).{evidence}")
+    lines += [
+        "",
+        f"![Forest plot of the claim checks]({figure})",
+        "",
+        "Each check's paired difference in units of its margin (the grey band is ± the margin), with its 95% "
+        "(thin) and 90% (thick) intervals, coloured by verdict; filled markers are the paper's claims, open ones "
+        "our own checks.",
+    ]
+    return lines
+
+
+def forest_rows(claims: list[dict[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
+    """The checks with a difference, as the forest plot draws them: everything in units of the margin."""
+    rows = []
+    for c in claims:
+        if "difference" not in c or c["difference"]["n"] < 1:
+            continue
+        d, m = c["difference"], c["margin"]
+        half = d["half_width"] if d["half_width"] == d["half_width"] else 0.0
+        low90, high90 = (x if x == x else d["mean"] for x in c["difference_90"])
+        rows.append(
+            {
+                "label": f"{prefix}{c['claim']} ({c['dataset']})",
+                "mean": d["mean"] / m,
+                "low95": (d["mean"] - half) / m,
+                "high95": (d["mean"] + half) / m,
+                "low90": low90 / m,
+                "high90": high90 / m,
+                "verdict": c["verdict"],
+                "ours": c["source"] == "ours",
+            }
+        )
     return rows
 
 
@@ -280,7 +411,7 @@ def build_report(
     dirty = any(str(r["provenance"]["git_dirty"]) == "True" for r in records)
     hardware = sorted({r["provenance"]["hardware"] for r in records})
     world_sizes = sorted({int(r["provenance"]["world_size"]) for r in records})
-    counts = {v: sum(c["verdict"] == v for c in claims) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
+    plots.forest_plot(forest_rows(claims), figures / "forest.png")
     seeds = sorted({r["seed"] for r in records})
     first = runs[0]
     shared, varied = _shared_setup(runs)
@@ -303,8 +434,7 @@ def build_report(
         f"{meta.summary} We trained {len(methods)} methods ({', '.join(groups[(datasets[0], m)][0]['label'] for m in methods)}) "
         f"with the same backbone ({first.model.name}, {', '.join(f'{k}={v}' for k, v in first.model.kwargs.items())})"
         f"{shared} on {', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`{tuned}{varied}. "
-        f"Of {len(claims)} claim checks, {counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not reproduced and "
-        f"{counts[INCONCLUSIVE]} inconclusive. {meta.scale_note}",
+        f"{_counts_text(claims)} {meta.scale_note}",
         "",
         "## Results",
         "",
@@ -328,25 +458,7 @@ def build_report(
             lines.append(f"| {members[0]['label']} | " + " | ".join(cells) + f" | {run_ids} |")
 
     lines += tuning_section(datasets, methods, groups)
-    lines += [
-        "",
-        "## Claims",
-        "",
-        "Verdict from the 95% interval of the per-seed difference (better - worse): "
-        "reproduced if above 0, not reproduced if below 0, inconclusive if it contains 0.",
-        "",
-    ]
-    lines.append("| claim | dataset | metric | better | worse | difference | verdict | the paper |")
-    lines.append("|---|---|---|---|---|---|---|---|")
-    for c in claims:
-        if "difference" not in c:
-            lines.append(f"| {c['claim']} | {c['dataset']} | | | | | {c['verdict']} ({c['why']}) | |")
-            continue
-        lines.append(
-            f"| {c['text']} | {c['dataset']} | {_metric_name(c['metric'])} | {format_interval(c['metric'], c['better'])} "
-            f"| {format_interval(c['metric'], c['worse'])} | {format_interval(c['metric'], c['difference'])} "
-            f"| **{c['verdict']}** | {c['paper_evidence']} |"
-        )
+    lines += claims_section(claims, f"figures/{slug}/forest.png")
 
     if meta.headline:
         lines += ["", "## The paper's headline numbers beside ours", ""]
@@ -397,6 +509,7 @@ def build_report(
 
 
 LEADERBOARD_METRICS = ("recall_at_1", "map_at_r")
+INDEX_FOREST = "figures/forest.png"  # the index's forest plot, under reports/
 
 
 def _component_text(component: dict[str, Any]) -> str:
@@ -464,26 +577,52 @@ def _leaderboard(summaries: list[dict]) -> list[str]:
 
 
 def build_index(reports_root: Path = Path("reports")) -> Path:
-    """``reports/README.md``: every paper with its claim verdicts, then the leaderboard across papers."""
+    """``reports/README.md``: every paper with its verdicts (the paper's claims and our checks apart), a forest
+    plot of every check, then the leaderboard across papers."""
+    short = {"reproduced": "repr.", "reversed": "rev.", "no effect": "none", "inconclusive": "inc."}
+    counts_header = " / ".join(short[v] for v in VERDICTS)
     lines = [
         "# Reports",
         "",
-        "Generated by `dvc repro`; one report per replicated paper. Verdicts count the claim checks "
-        "(claim x dataset).",
+        "Generated by `dvc repro`; one report per replicated paper. Each claim check (claim x dataset) is judged "
+        "on the paired per-seed difference against the claim's margin: reproduced (95% interval above 0), "
+        "reversed (below 0), no effect (90% interval inside ± the margin) or inconclusive. The paper's claims "
+        f"and our own checks are counted apart, as {counts_header} "
+        "(reproduced / reversed / no effect / inconclusive).",
         "",
-        "| paper | profile | seeds | reproduced | not reproduced | inconclusive | claims |",
-        "|---|---|---|---|---|---|---|",
+        f"| paper | profile | seeds | paper's claims: {counts_header} | our checks: {counts_header} | checks |",
+        "|---|---|---|---|---|---|",
     ]
     summaries = [json.loads(path.read_text()) for path in sorted(reports_root.glob("*.json"))]
+    totals = {"paper": dict.fromkeys(VERDICTS, 0), "ours": dict.fromkeys(VERDICTS, 0)}
+    rows = []
     for s in summaries:
-        n = {
-            v: sum(c["verdict"] == v for c in s["claims"]) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
-        }
+        cells = []
+        for source in ("paper", "ours"):
+            counts = verdict_counts(s["claims"], source)
+            for v, n in counts.items():
+                totals[source][v] += n
+            cells.append(" / ".join(str(counts[v]) for v in VERDICTS))
         details = "; ".join(f"{c['claim']} ({c['dataset']}): {c['verdict']}" for c in s["claims"])
         lines.append(
-            f"| [{s['title']}]({s['slug']}.md) | {s['profile']} | {len(s['seeds'])} | {n[REPRODUCED]} "
-            f"| {n[NOT_REPRODUCED]} | {n[INCONCLUSIVE]} | {details} |"
+            f"| [{s['title']}]({s['slug']}.md) | {s['profile']} | {len(s['seeds'])} | {cells[0]} | {cells[1]} "
+            f"| {details} |"
         )
+        rows += forest_rows(s["claims"], prefix=f"{s['slug']}: ")
+    lines.append(
+        "| **all papers** | | | "
+        + " | ".join(" / ".join(str(totals[source][v]) for v in VERDICTS) for source in ("paper", "ours"))
+        + " | |"
+    )
+    plots.forest_plot(rows, reports_root / INDEX_FOREST)
+    lines += [
+        "",
+        f"![Forest plot of every claim check]({INDEX_FOREST})",
+        "",
+        "Every check of every paper: the paired difference in units of its margin (grey band: ± the margin), "
+        "95% (thin) and 90% (thick) intervals, coloured by verdict; filled markers are the papers' claims, open "
+        "ones our own checks.",
+    ]
     lines += _leaderboard(summaries)
     path = reports_root / "README.md"
     path.write_text("\n".join(lines) + "\n")

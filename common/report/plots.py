@@ -1,4 +1,5 @@
-"""Report figures: Recall@K curves with intervals, similarity histograms, training curves."""
+"""Report figures: Recall@K curves with intervals, similarity histograms, training curves, the forest plot of
+the claim checks."""
 
 from __future__ import annotations
 
@@ -171,4 +172,54 @@ def reliability_diagrams(groups: dict[tuple[str, str], list[dict]], datasets: li
             ax.set_xlabel("confidence")
             ax.set_ylabel("accuracy")
             ax.set_title(f"{records[0]['label']}\n{dataset}", fontsize=9)
+    save_figure(fig, path)
+
+
+VERDICT_COLOURS = {
+    "reproduced": "#1b7837",
+    "reversed": "#b2182b",
+    "no effect": "#4d4d4d",
+    "inconclusive": "#e08214",
+}
+
+
+def forest_plot(rows: list[dict], path: Path) -> None:
+    """One row per claim check, top to bottom: its mean paired difference in units of its margin with the 95%
+    (thin) and 90% (thick) intervals, the band of ± the margin, coloured by verdict; open markers for our own
+    checks. ``rows`` as ``common.report.build.forest_rows`` makes them. The axis is linear within ± 2 margins
+    and logarithmic beyond, so that a large effect does not squeeze the band."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    height = 1.6 + 0.28 * max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(9.5, height))
+    ax.axvspan(-1, 1, color="0.88", zorder=0)
+    ax.axvline(0, color="0.3", linewidth=0.8, zorder=1)
+    for i, row in enumerate(rows):
+        y = len(rows) - 1 - i
+        colour = VERDICT_COLOURS[row["verdict"]]
+        ax.plot([row["low95"], row["high95"]], [y, y], color=colour, linewidth=1.0, zorder=2)
+        ax.plot([row["low90"], row["high90"]], [y, y], color=colour, linewidth=3.0, zorder=2)
+        face = "white" if row["ours"] else colour
+        ax.plot(row["mean"], y, marker="o", markersize=6, color=colour, markerfacecolor=face, zorder=3)
+    ax.set_yticks(range(len(rows)), [row["label"] for row in reversed(rows)], fontsize=8)
+    ax.set_ylim(-0.7, max(len(rows), 1) - 0.3)
+    ax.set_xscale("symlog", linthresh=2, linscale=2)
+    reach = max([2.0, *(abs(v) for row in rows for v in (row["low95"], row["high95"]))])
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= 1.2 * reach]
+    ax.set_xticks(
+        [-t for t in reversed(ticks)] + [0] + ticks,
+        [f"{-t:g}" for t in reversed(ticks)] + ["0"] + [f"{t:g}" for t in ticks],
+    )
+    ax.set_xlabel("paired difference in units of the claim's margin (positive: the claimed direction)")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [Patch(color="0.88", label="± margin")]
+    handles += [Line2D([], [], color=c, marker="o", linewidth=2, label=v) for v, c in VERDICT_COLOURS.items()]
+    handles += [
+        Line2D([], [], color="0.4", marker="o", linestyle="none", label="the paper's claim"),
+        Line2D([], [], color="0.4", marker="o", markerfacecolor="white", linestyle="none", label="our check"),
+    ]
+    ax.legend(
+        handles=handles, fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False
+    )
     save_figure(fig, path)

@@ -114,7 +114,7 @@ def sections(context: ReportContext) -> list[str]:
         "Each encoder (method) is one point: the mean over seeds of its metrics. Spearman's rho between each "
         "metric and each accuracy across the encoders, with a 95% percentile-bootstrap interval (encoders "
         f"resampled {BOOTSTRAP_SAMPLES} times). Both metrics are better when lower, so agreement is a negative "
-        "rho: reproduced if the interval lies below 0, not reproduced if above, else inconclusive.",
+        "rho: reproduced if the interval lies below 0, reversed if above, else inconclusive.",
         "",
         "| dataset | metric | accuracy | encoders | Spearman rho [95% interval] | verdict |",
         "|---|---|---|---|---|---|",

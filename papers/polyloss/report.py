@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from common.report.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, mean_ci
+from common.report.stats import INCONCLUSIVE, NO_EFFECT, REPRODUCED, mean_ci
 
 if TYPE_CHECKING:
     from common.report.build import ReportContext
@@ -50,7 +50,7 @@ def sections(context: ReportContext) -> list[str]:
     if len(sweeps) == 2:
         (first, (scores_a, chosen_a)), (second, (scores_b, chosen_b)) = sweeps.items()
         if chosen_a == chosen_b:
-            outcome, why = NOT_REPRODUCED, f"both datasets choose ε = {chosen_a:g}"
+            outcome, why = NO_EFFECT, f"both datasets choose ε = {chosen_a:g}"
         else:
             margins = []
             for dataset, scores, own, other in (

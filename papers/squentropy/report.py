@@ -21,7 +21,7 @@ def sections(context: ReportContext) -> list[str]:
         "The paper's claim: squentropy's accuracy varies less across random initializations than the other "
         "losses'. Standard deviation of top-1 over the seeds (each seed is a different initialization and batch "
         "order), and the ratio of squentropy's to each other loss's with its 95% interval (F distribution of "
-        "the variance ratio): reproduced if the interval lies below 1, not reproduced if above, else "
+        "the variance ratio): reproduced if the interval lies below 1, reversed if above, else "
         "inconclusive.",
         "",
         "| dataset | loss | sd of top-1 (points) | sd(squentropy) / sd(loss) | verdict |",

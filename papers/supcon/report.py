@@ -35,8 +35,8 @@ def sections(context: ReportContext) -> list[str]:
         "augmentations). Each loss trains at a 2 x 2 grid of learning rate (0.05, 0.01) and view strength (1.0, "
         "0.5); per grid point, top-1 is the mean over seeds. The spread is the standard deviation of the four "
         "grid points, and the ratio SupCon / cross-entropy has a 95% interval from the F distribution of the "
-        "variance ratio (3 and 3 degrees of freedom, so wide): reproduced if the interval lies below 1, not "
-        "reproduced if above, else inconclusive.",
+        "variance ratio (3 and 3 degrees of freedom, so wide): reproduced if the interval lies below 1, "
+        "reversed if above, else inconclusive.",
         "",
         "| dataset | loss | top-1 per grid point (%) | worst to best (points) | sd (points) |",
         "|---|---|---|---|---|",

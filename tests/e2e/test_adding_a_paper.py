@@ -130,7 +130,10 @@ def test_the_new_paper_runs_on_smoke_and_gets_its_report(followed):
     report = (repo / "reports" / f"{SLUG}.md").read_text()
     assert report.startswith("# My Paper: A Better Loss for Metric Learning")
     assert "| Proposed (MS loss) |" in report and "| Contrastive |" in report
-    assert "| the proposed loss > contrastive loss | omniglot | R@1 |" in report
+    assert "| the proposed loss > contrastive loss | paper | omniglot | R@1 |" in report
+    assert (
+        "figures/my_paper/forest.png" in report and (repo / "reports/figures/my_paper/forest.png").is_file()
+    )
     assert "| CUB-200-2011 | Recall@1 (%) | 65.7 |" in report, "the paper's headline number beside ours"
     summary = json.loads((repo / "reports" / f"{SLUG}.json").read_text())
     assert [(c["claim"], c["verdict"]) for c in summary["claims"]] == [

@@ -6,7 +6,7 @@ from common.config import resolve_runs
 from common.paper import all_papers, check_claims, load_paper
 from common.params import ConfigError
 from common.report.build import evaluate_claims
-from common.report.stats import NOT_REPRODUCED, REPRODUCED
+from common.report.stats import NO_EFFECT, REPRODUCED, REVERSED
 from tests.conftest import REPO
 
 
@@ -47,4 +47,58 @@ def test_claim_verdicts_use_the_paired_per_seed_difference():
     }
     rows = {r["dataset"]: r for r in evaluate_claims(meta, groups, ["omniglot", "fashion_mnist"])}
     assert rows["omniglot"]["verdict"] == REPRODUCED
-    assert rows["fashion_mnist"]["verdict"] == NOT_REPRODUCED
+    assert rows["fashion_mnist"]["verdict"] == REVERSED
+    assert rows["omniglot"]["correlation"] == pytest.approx(1.0)  # the seeds move both methods alike
+    assert rows["omniglot"]["margin"] == meta.claims[0].margin and rows["omniglot"]["source"] == "paper"
+
+
+def _error_records(values):
+    return [{"seed": s, "metrics": {"one_shot_error": v}} for s, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(
+    ("better", "worse", "expected"),
+    [
+        (
+            [0.30, 0.40, 0.35, 0.32],
+            [0.40, 0.50, 0.44, 0.43],
+            REPRODUCED,
+        ),  # lower error: the claimed direction
+        ([0.40, 0.50, 0.44, 0.43], [0.30, 0.40, 0.35, 0.32], REVERSED),
+        ([0.300, 0.401, 0.350, 0.3205], [0.301, 0.400, 0.3505, 0.320], NO_EFFECT),
+    ],
+)
+def test_a_lower_is_better_claim_is_judged_in_its_own_direction(better, worse, expected):
+    meta = load_paper("protonets")
+    meta.claims = [c for c in meta.claims if c.id == "more_ways_one_shot_runs"]
+    claim = meta.claims[0]
+    assert claim.lower_is_better
+    groups = {
+        ("omniglot", claim.better): _error_records(better),
+        ("omniglot", claim.worse): _error_records(worse),
+    }
+    (row,) = evaluate_claims(meta, groups, ["omniglot"])
+    assert row["verdict"] == expected
+    assert row["source"] == "ours"
+    # the difference is worse - better: positive when the better method's error is lower
+    assert row["difference"]["mean"] == pytest.approx(sum(worse) / 4 - sum(better) / 4)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda c: c.pop("margin"), r"claims\.0\.margin"),
+        (lambda c: c.update(margin=0), r"claims\.0\.margin"),
+        (lambda c: c.pop("margin_reason"), r"claims\.0\.margin_reason"),
+        (lambda c: c.update(kind="equivalence"), r"claims\.0\.kind"),
+    ],
+)
+def test_a_claim_without_a_valid_margin_is_refused_naming_the_key(edit, match, tmp_path):
+    import yaml
+
+    meta = yaml.safe_load((REPO / "papers" / "sam" / "paper.yaml").read_text())
+    edit(meta["claims"][0])
+    (tmp_path / "sam").mkdir()
+    (tmp_path / "sam" / "paper.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(ConfigError, match=match):
+        load_paper("sam", root=tmp_path)

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from common.paper import load_paper
-from common.report.build import ReportContext, format_interval
+from common.report.build import ReportContext
 from common.report.plots import reliability_diagrams
 from common.report.stats import (
     INCONCLUSIVE,
-    NOT_REPRODUCED,
+    NO_EFFECT,
     REPRODUCED,
+    REVERSED,
     Interval,
+    format_interval,
     spread_ratio,
     spread_verdict,
 )
@@ -45,7 +47,7 @@ def test_the_spread_interval_covers_the_true_ratio_about_95_percent_of_the_time(
 def test_spread_verdicts():
     tight, wide = [0.50, 0.51, 0.49, 0.50, 0.51, 0.49, 0.50, 0.50], [0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.1, 0.9]
     assert spread_verdict(spread_ratio(tight, wide)) == REPRODUCED
-    assert spread_verdict(spread_ratio(wide, tight)) == NOT_REPRODUCED
+    assert spread_verdict(spread_ratio(wide, tight)) == REVERSED
     assert spread_verdict(spread_ratio(wide, list(reversed(wide)))) == INCONCLUSIVE
 
 
@@ -113,7 +115,11 @@ def _tuned(
     ("second_scores", "second_chosen", "expected"),
     [
         ({-1.0: 0.70, 2.0: 0.80}, 2.0, REPRODUCED),  # different choices, each clearly better on its data
-        ({-1.0: 0.80, 2.0: 0.70}, -1.0, NOT_REPRODUCED),  # the same choice
+        (
+            {-1.0: 0.80, 2.0: 0.70},
+            -1.0,
+            NO_EFFECT,
+        ),  # the same choice: the best epsilon does not depend on the task
         ({-1.0: 0.799, 2.0: 0.80}, 2.0, INCONCLUSIVE),  # different, but by less than the seed noise
     ],
 )
@@ -197,7 +203,7 @@ def test_align_uniform_section_ranks_the_encoders_and_draws_the_plane(tmp_path):
         "-1.00" in row and f"**{REPRODUCED}**" in row for row in alignment_rows
     )
     uniformity_rows = [line for line in lines if line.startswith("| d | uniformity |")]
-    assert all("1.00" in row and f"**{NOT_REPRODUCED}**" in row for row in uniformity_rows)
+    assert all("1.00" in row and f"**{REVERSED}**" in row for row in uniformity_rows)
     assert (tmp_path / "alignment_uniformity.png").read_bytes()[:4] == b"\x89PNG"
     best = next(line for line in lines if line.startswith("Best encoder"))
     assert "AU_0 90.0" in best and "NTXENT_1 85.0" in best
