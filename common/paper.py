@@ -79,6 +79,10 @@ class ReportSpec(BaseModel):
         FIGURES
     )
     dataset_notes: dict[str, str] = {}
+    # The methods that stand for the paper on the cross-paper leaderboards (None: all). A grid's variants (of a
+    # learning rate, a temperature, the views) stay in the paper's report; the variant named here stands for
+    # its method, chosen before the runs, never by its test score.
+    leaderboard: list[str] | None = None
 
 
 class PaperMeta(BaseModel):
@@ -126,6 +130,12 @@ def check_claims(meta: PaperMeta, methods: set[str], datasets: set[str]) -> None
                 raise ConfigError(
                     f"{where}: claim {claim.id!r}: dataset {dataset!r} not in {sorted(datasets)}"
                 )
+    for name in meta.report.leaderboard or []:
+        if name not in methods:
+            raise ConfigError(
+                f"{where}: report.leaderboard: method {name!r} is not in params.yaml {meta.slug}.methods "
+                f"({', '.join(sorted(methods))})"
+            )
     for row in meta.headline:
         if row.ours_method not in methods or row.ours_dataset not in datasets:
             raise ConfigError(

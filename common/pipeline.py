@@ -223,6 +223,7 @@ def stages(params_path: Path = Path("params.yaml")) -> list[Stage]:
             cmd="python -m common.report.build --index",
             entry=["common.report.build"],
             data_deps=[f"reports/{paper}.json" for paper in papers],
+            params=["profile"],  # the leaderboards show the runs of this profile only
             outs=[_uncached("reports/README.md"), _uncached("reports/figures/forest.png")],
         )
     )

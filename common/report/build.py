@@ -20,7 +20,7 @@ from typing import Any
 from common.config import RunConfig, expected_config, load_paper_section, point_label, resolve_runs
 from common.errors import run_command
 from common.paper import PaperMeta, check_claims, load_paper
-from common.params import ConfigError
+from common.params import ConfigError, load_params
 from common.records import read_paper_records
 from common.report import plots
 from common.report.stats import (
@@ -502,14 +502,18 @@ def build_report(
         "claims": claims,
         "commits": commits,
         "dirty": dirty,
-        "results": leaderboard_rows(groups, datasets, methods),
+        "results": leaderboard_rows(groups, datasets, methods, meta.report.leaderboard),
     }
     (reports_root / f"{slug}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return report_path
 
 
-LEADERBOARD_METRICS = ("recall_at_1", "map_at_r")
 INDEX_FOREST = "figures/forest.png"  # the index's forest plot, under reports/
+# The two leaderboards: their metric columns (the first ranks), and which rows they take.
+BOARDS = {
+    "retrieval": ("map_at_r", "recall_at_1"),
+    "classification": ("top1_accuracy", "balanced_accuracy"),
+}
 
 
 def _component_text(component: dict[str, Any]) -> str:
@@ -517,13 +521,27 @@ def _component_text(component: dict[str, Any]) -> str:
     return f"{component['name']}({kwargs})"
 
 
-def leaderboard_rows(groups: dict, datasets: list[str], methods: list[str]) -> list[dict[str, Any]]:
-    """Each (dataset, method) of a paper with its setup and the leaderboard metrics over seeds."""
+def _readout(config: dict[str, Any]) -> str:
+    """How a run's top-1 is read: by the classifier it trained, or by a linear probe on its embedding."""
+    from common import losses
+
+    if losses.reads_logits(config["loss"]["name"]):
+        return "own classifier"
+    return "linear probe" if config["eval"].get("probe") else "none"
+
+
+def leaderboard_rows(
+    groups: dict, datasets: list[str], methods: list[str], shown: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Each (dataset, method) of a paper with what makes two rows comparable (test protocol, test items,
+    training images seen, tuning) and the leaderboard metrics over seeds; ``shown``: the methods the paper
+    puts on the leaderboard (its ``report.leaderboard``; None: all)."""
     rows = []
     for dataset in datasets:
         for method in methods:
             members = groups[(dataset, method)]
             config = members[0]["config"]
+            metrics = {m for board in BOARDS.values() for m in board}
             rows.append(
                 {
                     "dataset": dataset,
@@ -532,10 +550,14 @@ def leaderboard_rows(groups: dict, datasets: list[str], methods: list[str]) -> l
                     "backbone": _component_text(config["model"]),
                     "training": f"{config['epochs']} x {config['batches_per_epoch']} batches, "
                     + _component_text(config["sampler"]),
+                    "images_seen": members[0]["budget"]["images"],
+                    "test_items": config["eval"]["max_items"],
+                    "readout": _readout(config),
                     "tuned": any("tuning" in r for r in members),
+                    "shown": shown is None or method in shown,
                     "metrics": {
                         m: vars(mean_ci([r["metrics"][m] for r in members]))
-                        for m in LEADERBOARD_METRICS
+                        for m in sorted(metrics)
                         if all(m in r["metrics"] for r in members)
                     },
                 }
@@ -543,42 +565,67 @@ def leaderboard_rows(groups: dict, datasets: list[str], methods: list[str]) -> l
     return rows
 
 
-def _leaderboard(summaries: list[dict]) -> list[str]:
-    """One table per dataset: every method of every paper, best MAP@R first (the "reality check" view)."""
-    by_dataset: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
-    for s in summaries:
-        for row in s.get("results", []):
-            if all(m in row["metrics"] for m in LEADERBOARD_METRICS):
-                by_dataset[row["dataset"]].append((s, row))
-    if not by_dataset:
-        return []
-    lines = [
-        "",
-        "## Leaderboard: every method on each dataset",
-        "",
-        "Every method of every paper, on the same test protocol per dataset (the paper's own report says how "
-        "its runs were set up), best MAP@R first; mean ± 95% interval over seeds, in %. As in Musgrave et al., "
-        '"A Metric Learning Reality Check" (ECCV 2020): compare methods as numbers only where backbone and '
-        "training budget match; the intervals say how far apart two rows must be to differ.",
-    ]
-    for dataset in sorted(by_dataset):
-        note = DATASET_NOTES.get(dataset, "")
-        lines += ["", f"### {dataset}", "", *([note, ""] if note else [])]
-        lines.append("| # | method | paper | backbone | training | tuned | R@1 | MAP@R |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        ranked = sorted(by_dataset[dataset], key=lambda sr: -sr[1]["metrics"]["map_at_r"]["mean"])
-        for rank, (s, row) in enumerate(ranked, 1):
-            cells = [Interval(**row["metrics"][m]).format() for m in LEADERBOARD_METRICS]
-            lines.append(
-                f"| {rank} | {row['label']} | [{s['slug']}]({s['slug']}.md) | {row['backbone']} | {row['training']} "
-                f"| {'yes' if row['tuned'] else 'no'} | " + " | ".join(cells) + " |"
-            )
+def _leaderboard(summaries: list[dict], profile: str) -> list[str]:
+    """The retrieval and the classification leaderboards: one table per (dataset, test items, training images
+    seen, tuned or not, and for classification the readout), so that a table's rows differ in the method
+    alone; best first. Only the runs of ``profile`` (the reports' profile), and only the methods each paper
+    puts on the leaderboard (a grid's variants stay in their paper's report)."""
+    lines = []
+    for board, metrics in BOARDS.items():
+        tables: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+        for s in summaries:
+            if s["profile"] != profile:
+                continue
+            for row in s.get("results", []):
+                if not row["shown"] or not all(m in row["metrics"] for m in metrics):
+                    continue
+                readout = row["readout"] if board == "classification" else ""
+                if board == "classification" and readout == "none":
+                    continue
+                key = (row["dataset"], row["test_items"] or 0, row["images_seen"], row["tuned"], readout)
+                tables[key].append((s, row))
+        if not tables:
+            continue
+        names = [_metric_name(m) for m in metrics]
+        lines += [
+            "",
+            f"## Leaderboard: {board}",
+            "",
+            f"Methods of every paper, profile `{profile}`, one table per dataset, test items, training images "
+            "seen and tuning (and, for classification, how top-1 is read), so that the rows of a table differ in "
+            f"the method and its paper's setup (backbone, sampler) only; best {names[0]} first; mean ± 95% "
+            'interval over seeds, in %. As in Musgrave et al., "A Metric Learning Reality Check" (ECCV 2020): '
+            "compare rows as numbers only within a table, and where backbone and sampler match. A paper's "
+            "variants of one method (a grid over learning rates, temperatures, views) stay in its report; the "
+            "variant it declares stands for the method here.",
+        ]
+        for key in sorted(tables, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
+            dataset, items, images, tuned, readout = key
+            test = f"{items:,} test items" if items else "the whole test split"
+            what = [
+                test,
+                f"{images:,} training images seen",
+                "tuned on held-out data" if tuned else "untuned",
+            ]
+            if readout:
+                what.append(f"top-1 by {readout}")
+            note = DATASET_NOTES.get(dataset, "")
+            lines += ["", f"### {dataset}: {', '.join(what)}", "", *([note, ""] if note else [])]
+            lines.append("| # | method | paper | backbone | training | " + " | ".join(names) + " |")
+            lines.append("|---|---|---|---|---|" + "---|" * len(names))
+            ranked = sorted(tables[key], key=lambda sr: -sr[1]["metrics"][metrics[0]]["mean"])
+            for rank, (s, row) in enumerate(ranked, 1):
+                cells = [Interval(**row["metrics"][m]).format() for m in metrics]
+                lines.append(
+                    f"| {rank} | {row['label']} | [{s['slug']}]({s['slug']}.md) | {row['backbone']} "
+                    f"| {row['training']} | " + " | ".join(cells) + " |"
+                )
     return lines
 
 
-def build_index(reports_root: Path = Path("reports")) -> Path:
+def build_index(reports_root: Path = Path("reports"), params_path: Path = Path("params.yaml")) -> Path:
     """``reports/README.md``: every paper with its verdicts (the paper's claims and our checks apart), a forest
-    plot of every check, then the leaderboard across papers."""
+    plot of every check, then the leaderboards across papers (the runs of params.yaml's profile only)."""
     short = {"reproduced": "repr.", "reversed": "rev.", "no effect": "none", "inconclusive": "inc."}
     counts_header = " / ".join(short[v] for v in VERDICTS)
     lines = [
@@ -623,7 +670,7 @@ def build_index(reports_root: Path = Path("reports")) -> Path:
         "95% (thin) and 90% (thick) intervals, coloured by verdict; filled markers are the papers' claims, open "
         "ones our own checks.",
     ]
-    lines += _leaderboard(summaries)
+    lines += _leaderboard(summaries, load_params(params_path)[0].profile)
     path = reports_root / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -655,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     args = parser.parse_args(argv)
     if args.index:
-        return run_command("index", lambda: print(build_index()))
+        return run_command("index", lambda: print(build_index(params_path=Path(args.params))))
     return run_command("report", lambda: _report(args.paper, Path(args.params)))
 
 

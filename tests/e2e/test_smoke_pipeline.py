@@ -41,11 +41,14 @@ def test_smoke_repro_writes_the_report_and_index(smoke_repo):
         assert f"figures/multi_similarity/{figure}" in report
     index = (repo / "reports" / "README.md").read_text()
     assert "[Multi-Similarity Loss" in index and "(multi_similarity.md)" in index
-    board = index[index.index("## Leaderboard") :]
+    board = index[index.index("## Leaderboard: retrieval") :].split("\n## ")[0]
     for dataset in DATASETS:
-        table = board[board.index(f"### {dataset}") :].split("\n\n")[2 if dataset in DATASET_NOTES else 1]
-        labels = [line.split(" | ")[1] for line in table.splitlines()[2:]]
-        assert {m["label"] for m in PAPER_PARAMS["methods"].values()} <= set(labels)
+        tables = [part for part in board.split("\n### ")[1:] if part.startswith(f"{dataset}: ")]
+        labels = {
+            line.split(" | ")[1] for table in tables for line in table.splitlines() if line.startswith("| ")
+        }
+        assert {m["label"] for m in PAPER_PARAMS["methods"].values()} <= labels
+    assert "figures/forest.png" in index and (repo / "reports" / "figures" / "forest.png").is_file()
     summary = json.loads((repo / "reports" / "multi_similarity.json").read_text())
     claims = yaml.safe_load((REPO / "papers" / "multi_similarity" / "paper.yaml").read_text())["claims"]
     checks = [(c["claim"], c["dataset"]) for c in summary["claims"]]
@@ -179,7 +182,7 @@ def test_a_change_to_sam_or_to_classifier_evaluation_stales_only_the_papers_that
     assert stale_stages("common/engine/classification.py") == classifier_stages
 
 
-def test_classification_reports_have_their_tables_and_stay_off_the_retrieval_leaderboard(smoke_repo):
+def test_classification_reports_have_their_tables_and_their_own_leaderboard(smoke_repo):
     repo, _, _ = smoke_repo
     for slug, columns in (
         ("sam", ("top-1", "rho-sharpness (loss)", "Hessian λ_max")),
@@ -197,8 +200,11 @@ def test_classification_reports_have_their_tables_and_stay_off_the_retrieval_lea
     assert "## The epsilon sweep" in (repo / "reports" / "polyloss.md").read_text()
     assert "## Spread over random initializations" in (repo / "reports" / "squentropy.md").read_text()
     assert (repo / "reports" / "figures" / "squentropy" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
-    board = (repo / "reports" / "README.md").read_text().split("## Leaderboard")[1]
-    assert "squentropy.md" not in board and "sam.md" not in board, "no retrieval metrics, no leaderboard row"
+    index = (repo / "reports" / "README.md").read_text()
+    retrieval = index.split("## Leaderboard: retrieval")[1].split("\n## ")[0]
+    classification = index.split("## Leaderboard: classification")[1].split("\n## ")[0]
+    assert "squentropy.md" not in retrieval and "sam.md" not in retrieval, "no retrieval metrics, no row"
+    assert "squentropy.md" in classification and "sam.md" in classification
 
 
 def test_audit_traces_every_run_and_flags_drift(smoke_repo):
