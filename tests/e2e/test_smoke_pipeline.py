@@ -16,7 +16,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from common.report.build import DATASET_NOTES
 from tests.conftest import REPO
 from tests.e2e.conftest import BIN, DATASETS, METHODS, PAPER_PARAMS, git
 
