@@ -5,7 +5,8 @@ time, the DVC stage with its ``dvc.lock`` hashes, the params hash and the data f
 against the current checkout:
 
 - params: the run's config hash equals the config ``params.yaml`` resolves to now;
-- code: the run's code hash equals the hash of the code its stage runs now;
+- code: the run's code hash equals the hash of the code its stage runs now, or leads to it through the
+  stage's neutral-change certificates (`repro certify`), each of which it names;
 - data: the run's data fingerprint equals that of ``data/prepared/<dataset>`` (when it is present);
 - lock: ``dvc.lock`` has the stage, and ``dvc status`` reports no change behind it;
 - report: the report names the run;
@@ -27,7 +28,7 @@ import yaml
 
 from common.config import expected_config, load_paper_section, resolve_runs
 from common.pipeline import report_stage, run_code_hash, run_stage
-from common.records import read_paper_records
+from common.records import certificate_chain, read_certificates, read_paper_records
 from common.staleness import stale_stages
 
 
@@ -133,7 +134,18 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
                 f"{name}: params drifted (run {record['config_hash']}, now {expected.config_hash()})"
             )
         if prov.get("code_hash") != code_hash:
-            result.problems.append(f"{name}: code drifted (run {prov.get('code_hash')}, now {code_hash})")
+            certificates = read_certificates(Path("records") / slug / record["dataset"])
+            chain = certificate_chain(prov.get("code_hash"), code_hash, certificates)
+            if chain is None:
+                result.problems.append(f"{name}: code drifted (run {prov.get('code_hash')}, now {code_hash})")
+            else:
+                for step in chain:
+                    result.lines.append(
+                        f"  code {step['from_code_hash']} -> {step['to_code_hash']} certified neutral at commit "
+                        f"{str(step['git_commit'])[:10]} ({', '.join(step['changed_files'])}): "
+                        f"{len(step['runs_rerun'])} runs rerun identical "
+                        f"(records/{slug}/{record['dataset']}/certificates.json)"
+                    )
         source = record["config"].get("data", record["dataset"])  # a variant reads its source's data
         if source not in fingerprints:
             try:

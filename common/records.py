@@ -4,6 +4,12 @@ A record holds the final metric values, the per-epoch history, the resolved conf
 provenance of the run (MLflow run id, git commit and dirty flag, DVC stage, params hash, data
 fingerprint, profile, hardware, world size, versions). Records are DVC outputs with ``cache: false``
 committed to git, so a clean clone holds every number and where it came from.
+
+Beside a stage's records, ``certificates.json`` lists the code changes shown not to change its numbers
+(``repro certify``): each entry certifies that records made by the code of hash ``from_code_hash`` are what
+the code of ``to_code_hash`` makes, because a fixed sample of the runs, rerun with the new code, gave records
+identical to the committed ones. The runner and the audit accept a record whose code hash leads to the
+current one through such entries.
 """
 
 from __future__ import annotations
@@ -35,9 +41,13 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     file system refuses (disk full, no permission) is a ``StorageError`` naming the record, and the
     partial file is removed.
     """
-    text = json.dumps({"schema_version": SCHEMA_VERSION, **record}, indent=1, sort_keys=True) + "\n"
+    _write_json(path, {"schema_version": SCHEMA_VERSION, **record}, "the run record")
+
+
+def _write_json(path: Path, value: Any, what: str) -> None:
+    text = json.dumps(value, indent=1, sort_keys=True) + "\n"
     partial = path.with_suffix(".json.partial")
-    with writing(path, "the run record"):
+    with writing(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(partial, "w") as f:
@@ -69,3 +79,50 @@ def read_record(path: Path) -> dict[str, Any]:
 
 def read_paper_records(root: Path, paper: str) -> list[dict[str, Any]]:
     return [read_record(p) for p in sorted((root / paper).glob("*/*/seed*.json"))]
+
+
+CERTIFICATES = "certificates.json"
+
+
+def read_certificates(stage_dir: Path) -> list[dict[str, Any]]:
+    """The neutral-change certificates of a run stage (its records' folder), oldest first."""
+    path = stage_dir / CERTIFICATES
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path}: not valid JSON ({err}); restore it from git") from err
+
+
+def add_certificate(stage_dir: Path, certificate: dict[str, Any]) -> None:
+    """Append ``certificate`` to the stage's list, atomically."""
+    _write_json(stage_dir / CERTIFICATES, [*read_certificates(stage_dir), certificate], "the certificates")
+
+
+def certified_hash(code_hash: str, certificates: list[dict[str, Any]]) -> str:
+    """The newest code hash that the records made by ``code_hash`` are certified for (itself if none)."""
+    seen = {code_hash}
+    while (step := next((c for c in certificates if c["from_code_hash"] == code_hash), None)) is not None:
+        if step["to_code_hash"] in seen:
+            break
+        code_hash = step["to_code_hash"]
+        seen.add(code_hash)
+    return code_hash
+
+
+def certificate_chain(
+    from_hash: str, to_hash: str, certificates: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """The certificates that lead from code hash ``from_hash`` to ``to_hash`` (empty when they are equal), or
+    None if none do: a record made by ``from_hash`` then stands for what ``to_hash`` makes."""
+    chain: list[dict[str, Any]] = []
+    current, seen = from_hash, {from_hash}
+    while current != to_hash:
+        step = next((c for c in certificates if c["from_code_hash"] == current), None)
+        if step is None or step["to_code_hash"] in seen:
+            return None
+        chain.append(step)
+        current = step["to_code_hash"]
+        seen.add(current)
+    return chain

@@ -1,0 +1,162 @@
+"""``repro certify``: show that a shared-code change leaves a run stage's numbers as they are, instead of
+rerunning every run of every paper it touches.
+
+For each run stage that ``dvc status`` calls stale because of its code alone (no parameter, data or output
+change), a fixed sample of its runs is trained again with the current code, into a scratch folder, and each new
+record is compared with the committed one, field by field, leaving out what differs between any two executions
+(the provenance: run ids, times, commit; the seconds per epoch). If every sampled record is identical, the
+stage gets a certificate in ``records/<paper>/<dataset>/certificates.json`` (the code hashes before and after,
+the changed files, the commit, the runs rerun and their equality) and is re-locked with ``dvc commit``: the
+runner then counts the old records as done, and ``repro audit`` accepts them and names the certificate. If any
+sampled record differs, nothing is written and the command names the differences: the change alters numbers,
+and the stage must rerun (``dvc repro``).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.params import ConfigError
+from common.records import (
+    RECORDS_ROOT,
+    add_certificate,
+    certified_hash,
+    read_certificates,
+    read_record,
+)
+
+# What differs between two executions of the same run and says nothing about its numbers.
+VOLATILE_HISTORY_KEYS = frozenset({"epoch_seconds"})
+SAMPLE_SIZE = 2
+
+
+def record_differences(committed: dict[str, Any], rerun: dict[str, Any], limit: int = 5) -> list[str]:
+    """Where two records of one run differ, leaving out the provenance and the per-epoch timings: empty when
+    the rerun reproduced the committed numbers bit for bit."""
+
+    def comparable(record: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in record.items() if k != "provenance"}
+        kept["history"] = [
+            {k: v for k, v in epoch.items() if k not in VOLATILE_HISTORY_KEYS} for epoch in record["history"]
+        ]
+        return kept
+
+    differences: list[str] = []
+    _diff(comparable(committed), comparable(rerun), "", differences)
+    return differences[:limit]
+
+
+def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                out.append(f"{where}{key}: {'only in the rerun' if key in b else 'missing in the rerun'}")
+            else:
+                _diff(a[key], b[key], f"{where}{key}.", out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _diff(x, y, f"{where}{i}.", out)
+    elif not (a == b or _both_nan(a, b)):
+        out.append(f"{where.rstrip('.')}: {a!r} committed, {b!r} rerun")
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+
+
+def sample_records(paths: list[Path], size: int = SAMPLE_SIZE) -> list[Path]:
+    """A fixed, spread sample of a stage's records (sorted paths, evenly spaced, the first and the last among
+    them): the same for anyone who certifies the same stage."""
+    paths = sorted(paths)
+    if len(paths) <= size:
+        return paths
+    step = (len(paths) - 1) / (size - 1) if size > 1 else 0
+    return [paths[round(i * step)] for i in range(size)]
+
+
+def _code_only(reasons: Iterable[str]) -> list[str]:
+    """The reasons that are not a change of a code file (a parameter, data, an output, the command)."""
+    return [
+        r
+        for r in reasons
+        if not (r.startswith("dependency ") and r.removeprefix("dependency ").split(" ")[0].endswith(".py"))
+    ]
+
+
+def _changed_files(reasons: Iterable[str]) -> list[str]:
+    return sorted(r.removeprefix("dependency ").split(" ")[0] for r in reasons)
+
+
+RerunFn = Callable[[dict[str, Any], Path], dict[str, Any]]
+
+
+def certify_stage(
+    paper: str,
+    dataset: str,
+    reasons: list[str],
+    rerun: RerunFn,
+    code_hash: str,
+    commit: str | None,
+    records_root: Path = RECORDS_ROOT,
+    size: int = SAMPLE_SIZE,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Rerun a sample of the stage's records with ``rerun(record, scratch_dir) -> new record`` and compare.
+
+    Returns the certificate (also appended to the stage's certificates) when every sampled record is
+    identical, else None and the differences."""
+    stage_dir = records_root / paper / dataset
+    other = _code_only(reasons)
+    if other:
+        raise ConfigError(
+            f"run-{paper}-{dataset}: stale for more than its code ({'; '.join(other)}); only a code change can "
+            "be certified: rerun it with `dvc repro`"
+        )
+    paths = sorted([*stage_dir.glob("*/seed*.json"), *stage_dir.glob("_tuning/*/*.json")])
+    if not paths:
+        raise ConfigError(f"{stage_dir}: no run records to compare against; run the stage with `dvc repro`")
+    certificates = read_certificates(stage_dir)
+    records = {path: read_record(path) for path in paths}
+    # every record must stand for one code hash (directly or through earlier certificates)
+    froms = {certified_hash(r["provenance"]["code_hash"], certificates) for r in records.values()}
+    if len(froms) != 1:
+        raise ConfigError(
+            f"{stage_dir}: its records were made by different code ({', '.join(sorted(froms))}); rerun the "
+            "stage with `dvc repro`"
+        )
+    (from_hash,) = froms
+    if from_hash == code_hash:
+        raise ConfigError(f"{stage_dir}: its records are already those of the current code ({code_hash})")
+    checked, differences = [], []
+    with tempfile.TemporaryDirectory(prefix="certify-") as scratch:
+        for path in sample_records([p for p in paths if "_tuning" not in p.parts], size):
+            committed = records[path]
+            new = rerun(committed, Path(scratch))
+            found = record_differences(committed, new)
+            checked.append({"record": str(path.relative_to(records_root)), "identical": not found})
+            differences += [f"{path.relative_to(records_root)}: {d}" for d in found]
+    if differences:
+        return None, differences
+    certificate = {
+        "from_code_hash": from_hash,
+        "to_code_hash": code_hash,
+        "changed_files": _changed_files(reasons),
+        "git_commit": commit,
+        "runs_rerun": checked,
+        "compared": "every field of the record but its provenance and the seconds per epoch",
+        "certified_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    add_certificate(stage_dir, certificate)
+    return certificate, []
+
+
+def dvc_commit(stage: str, dvc: str = "dvc") -> None:
+    """Re-lock a stage with its current dependencies and outputs."""
+    done = subprocess.run([dvc, "commit", "--force", stage], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"`dvc commit --force {stage}` failed: {done.stderr.strip()[-500:]}")
