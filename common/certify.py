@@ -160,3 +160,99 @@ def dvc_commit(stage: str, dvc: str = "dvc") -> None:
     done = subprocess.run([dvc, "commit", "--force", stage], capture_output=True, text=True)
     if done.returncode != 0:
         raise ConfigError(f"`dvc commit --force {stage}` failed: {done.stderr.strip()[-500:]}")
+
+
+def rerun_record(committed: dict[str, Any], scratch: Path, prepared_root: Path) -> dict[str, Any]:
+    """Train the committed record's run again with the current code, on the threads it computed with, into
+    ``scratch`` (its record, checkpoints and MLflow store), and return the new record."""
+    import os
+
+    import torch
+
+    from common import runner
+    from common.config import RunConfig
+    from common.pipeline import run_code_hash
+    from common.tracking.provenance import git_commit, git_dirty
+
+    run = RunConfig.model_validate(committed["config"])
+    threads = committed["provenance"].get("threads")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    extra = {"tuning": committed["tuning"]} if "tuning" in committed else {}
+    context = runner._RunContext(
+        run.paper,
+        git_commit(),
+        git_dirty(),
+        {run.dataset: run_code_hash(run.paper, run.dataset)},
+        prepared_root,
+        scratch / "checkpoints",
+    )
+    path = scratch / "records" / f"{run.method}-seed{run.seed}.json"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"  # not the user's store
+    try:
+        runner._train_and_record(context, runner.process_accelerator(), run, path, extra)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return read_record(path)
+
+
+def certify(
+    stages: list[str] | None = None,
+    size: int = SAMPLE_SIZE,
+    params_path: Path = Path("params.yaml"),
+    prepared_root: Path = Path("data/prepared"),
+    dvc: str = "dvc",
+) -> int:
+    """``repro certify``: certify every run stage that only its code made stale (or the named ones), then
+    re-lock the certified stages. Returns 0 if every stage was certified, 1 if a stage's numbers moved."""
+    from common.config import load_paper_section
+    from common.paper import all_papers
+    from common.pipeline import run_code_hash, run_stage
+    from common.staleness import stale_stages
+    from common.tracking.provenance import git_commit
+
+    known = {
+        run_stage(paper, dataset): (paper, dataset)
+        for paper in all_papers()
+        for dataset in load_paper_section(paper, params_path).datasets
+    }
+    for name in stages or []:
+        if name not in known:
+            raise ConfigError(f"{name}: not a run stage; run stages: {', '.join(sorted(known))}")
+    stale = {name: why for name, why in stale_stages(dvc=dvc).items() if name in known}
+    chosen = sorted(stages or stale)
+    if not chosen:
+        print("no run stage is stale: nothing to certify")
+        return 0
+    status = 0
+    for name in chosen:
+        if name not in stale:
+            print(f"{name}: current, nothing to certify")
+            continue
+        paper, dataset = known[name]
+        code_hash = run_code_hash(paper, dataset, params_path)
+        certificate, differences = certify_stage(
+            paper,
+            dataset,
+            stale[name],
+            lambda record, scratch: rerun_record(record, scratch, prepared_root),
+            code_hash,
+            git_commit(),
+            size=size,
+        )
+        if certificate is None:
+            status = 1
+            print(f"{name}: the change alters its numbers; rerun it with `dvc repro {name}`")
+            print("\n".join(f"  {d}" for d in differences))
+            continue
+        dvc_commit(name, dvc)
+        runs = ", ".join(r["record"] for r in certificate["runs_rerun"])
+        print(
+            f"{name}: certified ({certificate['from_code_hash']} -> {code_hash}; {runs} rerun identical) "
+            "and re-locked"
+        )
+    return status

@@ -11,6 +11,7 @@
     repro dvc-yaml [--check]         write dvc.yaml: every stage with exactly the code it imports
     repro audit REPORT               trace a report's numbers to runs, commits, stages; flag drift
     repro check-reports              fail if a committed report is stale (CI runs it)
+    repro certify [STAGE ...]        show a code change leaves run stages' numbers as they are; re-lock them
     repro mirror [PAPER ...]         fill the MLflow store from the committed run records (a fresh clone)
 
 The DVC stages run the stage modules directly, so that each stage depends on its own code only (see
@@ -121,6 +122,14 @@ def _audit(args: argparse.Namespace) -> None:
     print(f"\n{args.report}: every number traces to a finished run of the current code, params and data")
 
 
+def _certify(args: argparse.Namespace) -> None:
+    from common.certify import certify
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    if certify(args.stages or None, args.sample, Path(args.params), dvc=dvc) != 0:
+        raise SystemExit(1)
+
+
 def _mirror(args: argparse.Namespace) -> None:
     from common.tracking.mirror import mirror_records
 
@@ -153,6 +162,17 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-reports", help="fail if a committed report is stale against the code or params")
     p.set_defaults(func=_check_reports)
+
+    p = sub.add_parser(
+        "certify",
+        help="rerun a fixed sample of each run stage stale by its code alone; if every record is identical, "
+        "certify the change and re-lock the stage (dvc commit), else name what moved",
+    )
+    p.add_argument(
+        "stages", nargs="*", help="run stages (default: every run stage that only its code made stale)"
+    )
+    p.add_argument("--sample", type=int, default=2, help="runs rerun per stage (default: 2)")
+    p.set_defaults(func=_certify)
 
     p = sub.add_parser(
         "mirror",
