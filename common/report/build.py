@@ -158,19 +158,35 @@ def tuning_section(
     return lines
 
 
-def _shared_setup(runs: list[RunConfig]) -> tuple[str, str]:
-    """What the summary says the methods share (", sampler, ... and budget (3 epochs x 30 batches)") and,
-    where a paper's methods also vary some of it, what they differ in ("; the methods also differ in ...")."""
+def _shared_setup(runs: list[RunConfig], groups: dict[tuple[str, str], list[dict]]) -> tuple[str, str]:
+    """What the summary says the methods share (", sampler, ... and budget (11,520 training images: 3 epochs x
+    30 batches)") and what they also differ in ("; the methods also differ in ..."), from the configs and, for
+    the budget, the training images each run's record says it saw. A part is shared when, on every dataset,
+    every method has the same (a sampler set per dataset is still shared)."""
     parts = {
         "sampler": lambda r: r.sampler,
         "optimizer": lambda r: r.optimizer,
         "augmentation": lambda r: (r.augment, r.views),
-        "budget": lambda r: (r.epochs, r.batches_per_epoch),
+        "budget": lambda r: (r.epochs, r.batches_per_epoch, groups[(r.dataset, r.method)][0]["budget"]),
     }
-    same = [name for name, part in parts.items() if len({str(part(r)) for r in runs}) == 1]
+    by_dataset: dict[str, list[RunConfig]] = defaultdict(list)
+    for run in runs:
+        by_dataset[run.dataset].append(run)
+    same = [
+        name
+        for name, part in parts.items()
+        if all(len({str(part(r)) for r in members}) == 1 for members in by_dataset.values())
+    ]
     differ = [name for name in parts if name not in same]
     if "budget" in same:
-        same[-1] = f"budget ({runs[0].epochs} epochs x {runs[0].batches_per_epoch} batches)"
+        budgets = {str(parts["budget"](r)) for r in runs}
+        first = runs[0]
+        images = groups[(first.dataset, first.method)][0]["budget"]["images"]
+        same[-1] = (
+            f"budget ({images:,} training images: {first.epochs} epochs x {first.batches_per_epoch} batches)"
+            if len(budgets) == 1
+            else "budget (set per dataset)"
+        )
     shared = f", {_listed(same)}" if same else ""
     varied = f"; the methods also differ in {_listed(differ)} (see their labels)" if differ else ""
     return shared, varied
@@ -414,7 +430,7 @@ def build_report(
     plots.forest_plot(forest_rows(claims), figures / "forest.png")
     seeds = sorted({r["seed"] for r in records})
     first = runs[0]
-    shared, varied = _shared_setup(runs)
+    shared, varied = _shared_setup(runs, groups)
     tuned = (
         "; each method's hyper-parameters picked on held-out training data (see below)"
         if any("tuning" in r for r in records)

@@ -97,7 +97,9 @@ def test_a_stage_whose_sample_reruns_identically_gets_a_certificate(stage):
         rerun_calls.append(record["seed"])
         return {**copy.deepcopy(record), "provenance": {"code_hash": "new"}}
 
-    certificate, differences = certify_stage("p", "d", CODE_CHANGE, rerun, "new", "abc123", records_root=stage)
+    certificate, differences = certify_stage(
+        "p", "d", CODE_CHANGE, rerun, "new", "abc123", records_root=stage
+    )
 
     assert differences == [] and rerun_calls == [0, 2]
     assert certificate["from_code_hash"] == "old" and certificate["to_code_hash"] == "new"
@@ -113,7 +115,9 @@ def test_a_stage_whose_numbers_move_gets_no_certificate(stage):
         changed["metrics"]["recall_at_1"] += 1e-7
         return changed
 
-    certificate, differences = certify_stage("p", "d", CODE_CHANGE, rerun, "new", "abc123", records_root=stage)
+    certificate, differences = certify_stage(
+        "p", "d", CODE_CHANGE, rerun, "new", "abc123", records_root=stage
+    )
 
     assert certificate is None
     assert differences[0].startswith("p/d/m/seed0.json: metrics.recall_at_1: 0.5 committed")

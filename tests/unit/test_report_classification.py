@@ -211,19 +211,41 @@ def test_align_uniform_section_ranks_the_encoders_and_draws_the_plane(tmp_path):
     assert rho == pytest.approx(0.8) and low <= rho <= high
 
 
+def _budgets(runs, images=lambda run: 11_520):
+    """Fake groups holding each run's record budget (what the trainer writes)."""
+    return {(r.dataset, r.method): [{"budget": {"images": images(r), "steps": 90}}] for r in runs}
+
+
 def test_the_summary_names_what_the_methods_share_and_what_they_also_vary():
     from common.config import resolve_runs
     from common.report.build import _shared_setup
 
-    assert _shared_setup(resolve_runs("polyloss", "params.yaml", "cpu")) == (
-        ", sampler, optimizer, augmentation and budget (5 epochs x 30 batches)",
+    polyloss = resolve_runs("polyloss", "params.yaml", "cpu")
+    assert _shared_setup(polyloss, _budgets(polyloss)) == (
+        ", sampler, optimizer, augmentation and budget (11,520 training images: 5 epochs x 30 batches)",
         "",
     )
-    assert _shared_setup(resolve_runs("sam", "params.yaml", "cpu")) == (
-        ", sampler, augmentation and budget (3 epochs x 30 batches)",
+    sam = resolve_runs("sam", "params.yaml", "cpu")
+    assert _shared_setup(sam, _budgets(sam)) == (
+        ", sampler, augmentation and budget (11,520 training images: 3 epochs x 30 batches)",
         "; the methods also differ in optimizer (see their labels)",
     )
-    assert _shared_setup(resolve_runs("align_uniform", "params.yaml", "cpu")) == (
+    align_uniform = resolve_runs("align_uniform", "params.yaml", "cpu")
+    assert _shared_setup(align_uniform, _budgets(align_uniform)) == (
         ", sampler and optimizer",
         "; the methods also differ in augmentation and budget (see their labels)",
     )
+
+
+def test_a_sampler_set_per_dataset_is_shared_and_unequal_images_are_a_budget_difference():
+    from common.config import resolve_runs
+    from common.report.build import _shared_setup
+
+    # MS: one sampler per dataset (16 or 10 classes a batch), the same for every method
+    ms = resolve_runs("multi_similarity", "params.yaml", "cpu")
+    shared, varied = _shared_setup(ms, _budgets(ms, lambda r: 16_000 if r.dataset == "omniglot" else 10_000))
+    assert shared == ", sampler, optimizer, augmentation and budget (set per dataset)" and varied == ""
+    # ProtoNets: equal episodes, but 60-way episodes hold 12 times the images of 5-way ones
+    protonets = resolve_runs("protonets", "params.yaml", "cpu")
+    shared, varied = _shared_setup(protonets, _budgets(protonets, lambda r: 100 * r.sampler.kwargs["n_way"]))
+    assert varied == "; the methods also differ in sampler and budget (see their labels)"
