@@ -45,6 +45,7 @@ from common.engine.evaluation import (
     SplitTensors,
     evaluate,
 )
+from common.engine.parallel import in_worker
 from common.errors import StorageError, UserError, storage_message, writing
 from common.models.classifiers import Classifier
 
@@ -257,7 +258,7 @@ def fit_and_evaluate(
             sampler,
             desc=f"{run.key} epoch {epoch}/{run.epochs}",
             leave=False,
-            disable=not accelerator.is_local_main_process,
+            disable=not accelerator.is_local_main_process or in_worker(),  # workers: the stage's bar only
         )
         for step, batch in enumerate(bar):
             images, labels = train.images[batch], train.labels[batch]
