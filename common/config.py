@@ -535,18 +535,18 @@ def check_components(run: RunConfig, where: str) -> None:
 
     def check_loss() -> None:
         losses.LOSSES.check(run.loss.name, run.loss.kwargs, ENGINE_LOSS_ARGS)
-        if run.views is not None and run.views.labels == "instance" and losses.reads_logits(run.loss.name):
+        logits = losses.reads_logits(run.loss.name)
+        if run.views is not None and run.views.labels == "instance" and logits:
             raise ConfigError(
                 f"{where}: views: labels 'instance' give every image its own label, but loss "
                 f"{run.loss.name!r} trains a classifier over the dataset's classes; use labels 'class'"
             )
-        logits = losses.reads_logits(run.loss.name)
         if run.eval.corruptions is not None and not logits and run.eval.probe is None:
             raise ConfigError(
                 f"{where}: eval.corruptions needs something that classifies: a classification loss, or "
                 "eval.probe for an embedding loss"
             )
-        if run.classifier is not None and not losses.reads_logits(run.loss.name):
+        if run.classifier is not None and not logits:
             raise ConfigError(
                 f"{where}: classifier: {run.classifier!r} is set, but loss {run.loss.name!r} reads embeddings, "
                 "not logits; a classifier applies to classification losses only"

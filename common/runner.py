@@ -1,12 +1,17 @@
 """One paper's run stage: every (dataset, method, seed) run of the active profile.
 
-    python -m common.runner PAPER [--dataset D] [--profile smoke|cpu|gpu]   (the stage's command)
+    python -m common.runner PAPER [--dataset D] [--profile smoke|cpu|gpu] [--workers N] [--threads T]
     accelerate launch --multi_gpu --num_processes N -m common.runner PAPER ...
 
 Before any compute, every run's config is resolved and validated and the prepared data is found.
 Then, for each run: a record with the same config hash means the run is done and is skipped; else
 the run trains (resuming from its checkpoint if an earlier attempt died), logs to MLflow and writes
 its record. Records of runs no longer in the plan are removed, so the records match params.yaml.
+
+Independent runs go side by side in worker processes (``common.engine.parallel``: by default one torch
+thread per run and as many workers as usable CPUs; one at a time under a multi-process launch or on a GPU).
+A run computes with the same number of threads whatever the number of workers, so its record does not
+depend on it; the thread count is in the record's provenance (``threads``).
 
 A paper with a ``tune`` section first runs its tuning trials (each trains on the training split minus a
 held-out part and is scored on that part; records under ``records/<paper>/<dataset>/_tuning/``, MLflow runs
@@ -24,13 +29,12 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from common import losses, samplers
 from common.config import (
@@ -45,6 +49,7 @@ from common.config import (
 )
 from common.data.loading import data_fingerprint, load_prepared, load_split
 from common.data.transforms import fixed_subset, holdout_indices, long_tailed_indices, noisy_labels
+from common.engine import parallel
 from common.engine.evaluation import CORRUPTIONS, CorruptedTests, OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
 from common.errors import check_writable_dir, run_command
@@ -177,9 +182,16 @@ def load_one_shot_runs(path: Path, image_size: int, train_limit: int | None) -> 
     )
 
 
-def _checkpoint_dir(root: Path, run: RunConfig, code_hash: str) -> Path:
+def _checkpoint_prefix(run: RunConfig, point: dict[str, Any] | None) -> str:
+    """What a run's checkpoint folder starts with, unique among the runs of a stage: ``seed<k>-`` (a tuning
+    trial: ``<point>-seed<k>-``); the rest names the config and code."""
+    return f"{point_label(point)}-seed{run.seed}-" if point is not None else f"seed{run.seed}-"
+
+
+def _checkpoint_dir(root: Path, run: RunConfig, code_hash: str, point: dict[str, Any] | None = None) -> Path:
     method = Path("_tuning", run.method) if run.holdout is not None else Path(run.method)
-    return root / run.paper / run.dataset / method / f"seed{run.seed}-{run.config_hash()}-{code_hash}"
+    name = f"{_checkpoint_prefix(run, point)}{run.config_hash()}-{code_hash}"
+    return root / run.paper / run.dataset / method / name
 
 
 def _is_done(path: Path, run: RunConfig, code_hash: str, extra: dict[str, Any]) -> bool:
@@ -247,6 +259,41 @@ def run_paper(
     records_root: Path = Path("records"),
     prepared_root: Path = PREPARED_ROOT,
     checkpoints_root: Path = CHECKPOINTS_ROOT,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> list[Path]:
+    """Run the paper's (tuning trials and) runs not yet done, ``workers`` at a time on ``threads`` torch
+    threads each (defaults: ``common.engine.parallel.choose``); returns the planned record paths.
+
+    The whole stage computes on ``threads`` threads, its checks too: they standardize the images that the runs
+    of one worker reuse, and a mean over many pixels depends on the threads that sum it."""
+    accelerator = process_accelerator()
+    one_at_a_time = accelerator.num_processes > 1 or accelerator.device.type != "cpu"
+    workers, threads = parallel.choose(workers, threads, one_at_a_time)
+    with parallel.torch_threads(threads):
+        return _run_stage(
+            paper,
+            dataset,
+            params_path,
+            profile,
+            records_root,
+            prepared_root,
+            checkpoints_root,
+            workers,
+            threads,
+        )
+
+
+def _run_stage(
+    paper: str,
+    dataset: str | None,
+    params_path: Path,
+    profile: str | None,
+    records_root: Path,
+    prepared_root: Path,
+    checkpoints_root: Path,
+    workers: int,
+    threads: int,
 ) -> list[Path]:
     runs = resolve_runs(paper, params_path, profile)
     tune = load_paper_section(paper, params_path).tune
@@ -280,7 +327,7 @@ def run_paper(
     check_writable_dir(records_root / paper, "the run records")
     check_writable_dir(checkpoints_root / paper, "the checkpoints")
 
-    accelerator = Accelerator()
+    accelerator = process_accelerator()
     main = accelerator.is_main_process
     planned = {record_path(records_root, paper, r.dataset, r.method, r.seed) for r in runs}
     planned |= {trial_record_path(records_root, r, point) for r, point in trials}
@@ -292,7 +339,8 @@ def run_paper(
 
     commit, dirty = git_commit(), git_dirty()
     code_hashes = {name: run_code_hash(paper, name, params_path) for name in {r.dataset for r in runs}}
-    context = _RunContext(paper, accelerator, commit, dirty, code_hashes, prepared_root, checkpoints_root)
+    context = _RunContext(paper, commit, dirty, code_hashes, prepared_root, checkpoints_root)
+    execute = partial(_execute, context)
 
     trial_paths = {trial_record_path(records_root, r, point): (r, point) for r, point in trials}
     todo = [
@@ -302,44 +350,40 @@ def run_paper(
     ]
     if trials and main:
         print(f"{paper}{'/' + dataset if dataset else ''}: tuning: {len(trials)} trials, {len(todo)} to run")
-    for path, run, extra in tqdm(todo, desc=f"{paper} tuning trials", disable=not main):
-        _train_and_record(context, run, path, extra=extra)
-    accelerator.wait_for_everyone()
-    choices = choose_points(tune, trial_paths) if trials else {}
-    runs = [apply_point(r, choices[(r.dataset, r.method)]["chosen"]) if trials else r for r in runs]
-
-    def extra_of(run: RunConfig) -> dict[str, Any]:
-        return {"tuning": choices[(run.dataset, run.method)]} if trials else {}
-
-    todo = [
-        r
-        for r in runs
-        if not _is_done(
-            record_path(records_root, paper, r.dataset, r.method, r.seed),
-            r,
-            code_hashes[r.dataset],
-            extra_of(r),
-        )
-    ]
-    if main:
-        print(
-            f"{paper}{'/' + dataset if dataset else ''}: {len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run"
-        )
-    for run in tqdm(todo, desc=f"{paper} runs", disable=not main):
-        _train_and_record(
-            context,
-            run,
-            record_path(records_root, paper, run.dataset, run.method, run.seed),
-            extra=extra_of(run),
-        )
+    with parallel.Workers(workers, threads) as pool:
+        labels = [run_name(r.method, r.dataset, r.seed, point_label(e["tuning_point"])) for _, r, e in todo]
+        pool.run(execute, todo, labels, f"{paper} tuning trials", progress=main)
+        accelerator.wait_for_everyone()
+        choices = choose_points(tune, trial_paths) if trials else {}
+        runs = [apply_point(r, choices[(r.dataset, r.method)]["chosen"]) if trials else r for r in runs]
+        todo = []
+        for r in runs:
+            path = record_path(records_root, paper, r.dataset, r.method, r.seed)
+            extra = {"tuning": choices[(r.dataset, r.method)]} if trials else {}
+            if not _is_done(path, r, code_hashes[r.dataset], extra):
+                todo.append((path, r, extra))
+        if main:
+            print(
+                f"{paper}{'/' + dataset if dataset else ''}: {len(runs)} runs planned, {len(runs) - len(todo)} "
+                f"already done, {len(todo)} to run; {workers} worker(s), {threads} thread(s) each"
+            )
+        labels = [run_name(r.method, r.dataset, r.seed) for _, r, _ in todo]
+        pool.run(execute, todo, labels, f"{paper} runs", progress=main)
     accelerator.end_training()  # waits for every rank, then closes the process group before exit
     return sorted(planned)
 
 
+@cache
+def process_accelerator() -> Accelerator:
+    """This process's accelerator: the stage's, or a worker's own (made once, kept for its runs)."""
+    return Accelerator()
+
+
 @dataclass(frozen=True)
 class _RunContext:
+    """What every run of the stage shares (it goes to the workers, so it pickles)."""
+
     paper: str
-    accelerator: Accelerator
     commit: str | None
     dirty: bool | None
     code_hashes: dict[str, str]
@@ -347,12 +391,21 @@ class _RunContext:
     checkpoints_root: Path
 
 
-def _train_and_record(context: _RunContext, run: RunConfig, path: Path, extra: dict[str, Any]) -> None:
+def _execute(context: _RunContext, task: tuple[Path, RunConfig, dict[str, Any]]) -> None:
+    """One task of a ``parallel.Workers`` pool: a run, its record path and the record's extra keys."""
+    path, run, extra = task
+    _train_and_record(context, process_accelerator(), run, path, extra)
+
+
+def _train_and_record(
+    context: _RunContext, accelerator: Accelerator, run: RunConfig, path: Path, extra: dict[str, Any]
+) -> None:
     """Train and evaluate one run (resuming its checkpoint), log it to MLflow, write its record at ``path``."""
-    paper, accelerator = context.paper, context.accelerator
+    paper = context.paper
     main = accelerator.is_main_process
     code_hash = context.code_hashes[run.dataset]
-    checkpoint_dir = _checkpoint_dir(context.checkpoints_root, run, code_hash)
+    point = extra.get("tuning_point")
+    checkpoint_dir = _checkpoint_dir(context.checkpoints_root, run, code_hash, point)
     attempts_file = checkpoint_dir / ATTEMPTS_FILE
     earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
     if main:
@@ -377,6 +430,7 @@ def _train_and_record(context: _RunContext, run: RunConfig, path: Path, extra: d
         "profile": run.profile,
         "device": str(accelerator.device),
         "world_size": accelerator.num_processes,
+        "threads": torch.get_num_threads(),
         "hardware": hardware(),
         **{f"version.{k}": v for k, v in versions().items()},
     }
@@ -430,8 +484,9 @@ def _train_and_record(context: _RunContext, run: RunConfig, path: Path, extra: d
             write_record(path, record)
             tracker.log_artifact(str(path), "record")
     if main:  # the record holds the result; keep only this config's final checkpoint
-        for other in checkpoint_dir.parent.glob(f"seed{run.seed}-*"):
-            if other != checkpoint_dir:
+        prefix = _checkpoint_prefix(run, point)  # no other run of the stage, which may be training now
+        for other in checkpoint_dir.parent.iterdir():
+            if other.name.startswith(prefix) and other != checkpoint_dir:
                 shutil.rmtree(other)
 
 
@@ -444,11 +499,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="only this dataset of the paper")
     parser.add_argument("--profile", choices=["smoke", "cpu", "gpu"], help="override params.yaml's profile")
     parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"runs side by side, in worker processes (default: ${parallel.WORKERS_ENV}, else usable CPUs // "
+        "threads; 1 under a multi-process launch or on a GPU)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help=f"torch threads of each run (default: ${parallel.THREADS_ENV}, else 1 on CPU); a run's numbers "
+        "depend on it, not on --workers",
+    )
     args = parser.parse_args(argv)
     return run_command(
         "run",
         lambda: run_paper(
-            args.paper, dataset=args.dataset, params_path=Path(args.params), profile=args.profile
+            args.paper,
+            dataset=args.dataset,
+            params_path=Path(args.params),
+            profile=args.profile,
+            workers=args.workers,
+            threads=args.threads,
         ),
     )
 

@@ -146,7 +146,9 @@ def evaluate(
     metrics = retrieval_metrics(embeddings, test.labels, ks=spec.ks, chunk_size=spec.chunk_size)
     if spec.probe is not None:
         representation = importlib.import_module(REPRESENTATION)
-        metrics |= representation.representation_metrics(run, model, device, train, test, corrupted)
+        metrics |= representation.representation_metrics(
+            run, model, device, train, test, embeddings, corrupted
+        )
     if spec.fars:
         verification = importlib.import_module(VERIFICATION)
         found = verification.tar_at_far(embeddings, test.labels, spec.fars, spec.chunk_size)

@@ -1,7 +1,8 @@
 """An embedding loss's encoder judged by what its frozen features support (``eval.probe``), and any run's
 accuracy on corrupted test images (``eval.corruptions``).
 
-``representation_metrics``: features of the un-augmented training and test images give
+``representation_metrics``: features of the un-augmented training and test images (the test features are the
+ones the retrieval metrics read: one forward pass of the test set feeds every metric) give
 
 * ``top1_accuracy``: a linear probe (``common.metrics.representation.linear_probe``) trained on the training
   features, scored on the test features: SupCon's protocol, so its rows compare with a cross-entropy
@@ -32,14 +33,14 @@ def representation_metrics(
     device: torch.device,
     train: SplitTensors,
     test: SplitTensors,
+    test_features: torch.Tensor,
     corrupted: CorruptedTests | None = None,
 ) -> dict[str, float]:
-    """The metrics of the module docstring."""
+    """The metrics of the module docstring; ``test_features`` are the model's embeddings of ``test.images``."""
     spec = run.eval.probe
     keep = fixed_subset(len(train.labels), spec.train_items)
     train_features = embed(model, train.images[keep], device)
     train_labels = train.labels[keep]
-    test_features = embed(model, test.images, device)
     probe = linear_probe(train_features, train_labels, test_features, test.labels, spec.weight_decay)
     metrics = {
         "top1_accuracy": probe.accuracy,

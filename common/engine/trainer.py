@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from common.engine.evaluation import (
     SplitTensors,
     evaluate,
 )
+from common.engine.parallel import in_worker
 from common.errors import StorageError, UserError, storage_message, writing
 from common.models.classifiers import Classifier
 
@@ -236,7 +238,15 @@ def fit_and_evaluate(
 
     device = accelerator.device
     sam = sam_inside(optimizer)
-    view_batch = importlib.import_module(VIEWS).view_batch if run.views is not None else None
+    view_batch = None
+    if run.views is not None:
+        spec = run.views
+        view_batch = partial(
+            importlib.import_module(VIEWS).view_batch,
+            count=spec.count,
+            strength=spec.strength,
+            instance=spec.labels == "instance",
+        )
     for epoch in range(start_epoch + 1, run.epochs + 1):
         model.train()
         sampler.set_epoch(epoch)
@@ -248,18 +258,14 @@ def fit_and_evaluate(
             sampler,
             desc=f"{run.key} epoch {epoch}/{run.epochs}",
             leave=False,
-            disable=not accelerator.is_local_main_process,
+            disable=not accelerator.is_local_main_process or in_worker(),  # workers: the stage's bar only
         )
         for step, batch in enumerate(bar):
             images, labels = train.images[batch], train.labels[batch]
             if run.augment == "shift":
                 images = random_shift(images)
             if view_batch is not None:
-                spec = run.views
-                instance = spec.labels == "instance"
-                images, labels = view_batch(
-                    images, labels, torch.as_tensor(batch), spec.count, spec.strength, instance
-                )
+                images, labels = view_batch(images, labels, torch.as_tensor(batch))
             images, labels = images.to(device), labels.to(device)
 
             loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)

@@ -44,6 +44,7 @@ def _mlflow_runs(root: Path) -> list:
 def _run_stage(root: Path, monkeypatch, capsys) -> tuple[int, str]:
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("REPRO_WORKERS", "1")  # the faults are patched into this process, not into workers
     code = runner.main(["multi_similarity", "--dataset", "omniglot"])
     return code, capsys.readouterr().err
 

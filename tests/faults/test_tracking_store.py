@@ -135,6 +135,31 @@ def test_a_database_failure_mid_run_names_the_store():
     assert isinstance(caught.value, MlflowException), "callers that catch MlflowException still do"
 
 
+def test_a_locked_sqlite_database_is_retried_with_backoff(monkeypatch):
+    """Concurrent writers (a stage's workers, queue workers) may find SQLite locked past its busy timeout: the
+    call is tried again after a growing pause, and a database locked for good names the store."""
+    pauses: list[float] = []
+    monkeypatch.setattr(mlflow_tracking.time, "sleep", pauses.append)
+    calls = []
+
+    def locked_twice():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise MlflowException("(sqlite3.OperationalError) database is locked", TEMPORARILY_UNAVAILABLE)
+        return "logged"
+
+    assert mlflow_tracking._retry(locked_twice, uri="sqlite:////somewhere/mlflow.db") == "logged"
+    assert len(pauses) == 2 and all(pause > 0 for pause in pauses)
+
+    def locked():
+        raise MlflowException("(sqlite3.OperationalError) database is locked", TEMPORARILY_UNAVAILABLE)
+
+    with pytest.raises(
+        TrackingStoreError, match=r"sqlite:////somewhere/mlflow.db failed: .*database is locked"
+    ):
+        mlflow_tracking._retry(locked, attempts=3, uri="sqlite:////somewhere/mlflow.db")
+
+
 _OPEN_AT_ONCE = """
 import sys, time
 from pathlib import Path

@@ -44,9 +44,9 @@ def test_representation_metrics_are_the_metric_functions_on_the_features(views, 
     model, cpu = _Encoder(), torch.device("cpu")
     train, test = _split(60, 1), _split(30, 2)
     noisy = {"gaussian_noise_s3": test.images + 0.5 * torch.randn(test.images.shape)}
-    metrics = representation_metrics(run, model, cpu, train, test, CorruptedTests(noisy, test.labels))
-
     train_f, test_f = embed(model, train.images, cpu), embed(model, test.images, cpu)
+    metrics = representation_metrics(run, model, cpu, train, test, test_f, CorruptedTests(noisy, test.labels))
+
     probe = linear_probe(train_f, train.labels, test_f, test.labels, weight_decay=0.01)
     assert metrics["top1_accuracy"] == probe.accuracy
     assert metrics["knn_accuracy"] == knn_accuracy(train_f, train.labels, test_f, test.labels, 5, 0.07)
