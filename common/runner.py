@@ -53,10 +53,9 @@ from common.engine import parallel
 from common.engine.evaluation import CORRUPTIONS, CorruptedTests, OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
 from common.errors import check_writable_dir, run_command
-from common.paper import check_claims, load_paper
 from common.params import ConfigError
 from common.pipeline import run_code_hash, run_stage
-from common.records import read_record, record_path, write_record
+from common.records import certificate_chain, read_certificates, read_record, record_path, write_record
 from common.registry import BuildError
 from common.tracking import RunTracker, mark_abandoned
 from common.tracking.mlflow_tracking import check_tracking_store, run_name
@@ -194,9 +193,12 @@ def _checkpoint_dir(root: Path, run: RunConfig, code_hash: str, point: dict[str,
     return root / run.paper / run.dataset / method / name
 
 
-def _is_done(path: Path, run: RunConfig, code_hash: str, extra: dict[str, Any]) -> bool:
-    """Done: a record of the same config made by the same code (a code change reruns everything), with the
-    same ``extra`` keys (a tuned run whose trials now choose differently, or by another metric, reruns)."""
+def _is_done(
+    path: Path, run: RunConfig, code_hash: str, extra: dict[str, Any], certificates: list[dict[str, Any]]
+) -> bool:
+    """Done: a record of the same config made by the same code, or by code that the stage's certificates
+    show makes the same records (any other code change reruns everything), with the same ``extra`` keys (a
+    tuned run whose trials now choose differently, or by another metric, reruns)."""
     if not path.is_file():
         return False
     try:
@@ -206,7 +208,7 @@ def _is_done(path: Path, run: RunConfig, code_hash: str, extra: dict[str, Any]) 
             return False
         return (
             record["config_hash"] == run.config_hash()
-            and record["provenance"]["code_hash"] == code_hash
+            and certificate_chain(record["provenance"]["code_hash"], code_hash, certificates) is not None
             and same_extra
         )
     except (ValueError, KeyError):
@@ -298,7 +300,6 @@ def _run_stage(
     runs = resolve_runs(paper, params_path, profile)
     tune = load_paper_section(paper, params_path).tune
     trials = resolve_trials(paper, params_path, profile)
-    check_claims(load_paper(paper), {r.method for r in runs}, {r.dataset for r in runs})
     if dataset is not None:
         datasets = sorted({r.dataset for r in runs})
         if dataset not in datasets:
@@ -339,6 +340,7 @@ def _run_stage(
 
     commit, dirty = git_commit(), git_dirty()
     code_hashes = {name: run_code_hash(paper, name, params_path) for name in {r.dataset for r in runs}}
+    certificates = {name: read_certificates(records_root / paper / name) for name in code_hashes}
     context = _RunContext(paper, commit, dirty, code_hashes, prepared_root, checkpoints_root)
     execute = partial(_execute, context)
 
@@ -346,7 +348,7 @@ def _run_stage(
     todo = [
         (p, r, {"tuning_point": point})
         for p, (r, point) in trial_paths.items()
-        if not _is_done(p, r, code_hashes[r.dataset], {"tuning_point": point})
+        if not _is_done(p, r, code_hashes[r.dataset], {"tuning_point": point}, certificates[r.dataset])
     ]
     if trials and main:
         print(f"{paper}{'/' + dataset if dataset else ''}: tuning: {len(trials)} trials, {len(todo)} to run")
@@ -360,7 +362,7 @@ def _run_stage(
         for r in runs:
             path = record_path(records_root, paper, r.dataset, r.method, r.seed)
             extra = {"tuning": choices[(r.dataset, r.method)]} if trials else {}
-            if not _is_done(path, r, code_hashes[r.dataset], extra):
+            if not _is_done(path, r, code_hashes[r.dataset], extra, certificates[r.dataset]):
                 todo.append((path, r, extra))
         if main:
             print(
@@ -467,6 +469,7 @@ def _train_and_record(
                 "config_hash": run.config_hash(),
                 "metrics": result.metrics,
                 "history": result.history,
+                "budget": result.budget,
                 "similarity_histograms": result.similarity_histograms,
                 **({"reliability": result.reliability} if result.reliability else {}),
                 **extra,

@@ -62,6 +62,9 @@ class RunResult:
     history: list[dict[str, float]]
     similarity_histograms: dict[str, list[float]] = field(default_factory=dict)
     reliability: dict[str, Any] = field(default_factory=dict)  # classifiers: the reliability diagram's bins
+    budget: dict[str, int] = field(
+        default_factory=dict
+    )  # optimizer steps and training images seen, all epochs
     resumed_from_epoch: int = 0
 
 
@@ -253,7 +256,7 @@ def fit_and_evaluate(
         if hasattr(criterion, "set_epoch"):  # schedules inside a loss, e.g. deferred re-weighting
             criterion.set_epoch(epoch)
         started = time.perf_counter()
-        total, nonzero, steps = 0.0, 0, 0
+        total, nonzero, steps, seen = 0.0, 0, 0, 0
         bar = tqdm(
             sampler,
             desc=f"{run.key} epoch {epoch}/{run.epochs}",
@@ -262,6 +265,7 @@ def fit_and_evaluate(
         )
         for step, batch in enumerate(bar):
             images, labels = train.images[batch], train.labels[batch]
+            seen += len(batch) * accelerator.num_processes  # source images (not views), every rank's
             if run.augment == "shift":
                 images = random_shift(images)
             if view_batch is not None:
@@ -294,13 +298,16 @@ def fit_and_evaluate(
             "epoch": epoch,
             "train_loss": total / steps,
             "nonzero_loss_fraction": nonzero / steps,
+            "steps": steps,
+            "images": seen,
             "epoch_seconds": time.perf_counter() - started,
         }
         history.append(metrics)
         on_epoch(metrics, epoch)
         _save_checkpoint(accelerator, checkpoint_dir, epoch, history)
 
-    result = RunResult(metrics={}, history=history, resumed_from_epoch=start_epoch)
+    budget = {key: int(sum(epoch[key] for epoch in history)) for key in ("steps", "images")}
+    result = RunResult(metrics={}, history=history, budget=budget, resumed_from_epoch=start_epoch)
     if accelerator.is_main_process:
         trained, criterion = accelerator.unwrap_model(model), accelerator.unwrap_model(criterion)
         if reads_logits:
