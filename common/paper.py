@@ -16,8 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.params import ConfigError, format_validation_error
-
-PAPERS_ROOT = Path(__file__).resolve().parent.parent / "papers"
+from common.pipeline import PAPERS_ROOT
 
 
 class Claim(BaseModel):
@@ -142,7 +141,3 @@ def check_claims(meta: PaperMeta, methods: set[str], datasets: set[str]) -> None
                 f"{where}: headline {row.dataset}: ours_method {row.ours_method!r} / ours_dataset "
                 f"{row.ours_dataset!r} must be among {sorted(methods)} / {sorted(datasets)}"
             )
-
-
-def all_papers(root: Path = PAPERS_ROOT) -> list[str]:
-    return sorted(p.parent.name for p in root.glob("*/paper.yaml"))
