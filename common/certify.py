@@ -210,7 +210,8 @@ def certify(
     """``repro certify``: certify every run stage that only its code made stale (or the named ones), then
     re-lock the certified stages. Returns 0 if every stage was certified, 1 if a stage's numbers moved."""
     from common.config import load_paper_section
-    from common.pipeline import all_papers, run_code_hash, run_stage
+    from common.params import all_papers
+    from common.pipeline import run_code_hash, run_stage
     from common.staleness import stale_stages
     from common.tracking.provenance import git_commit
 

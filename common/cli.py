@@ -51,7 +51,7 @@ def _dvc_yaml(args: argparse.Namespace) -> None:
 def _papers(args: argparse.Namespace) -> None:
     from common.commands import paper_status, render_table
     from common.paper import load_paper
-    from common.pipeline import all_papers
+    from common.params import all_papers
 
     slugs = all_papers()
     status = {} if args.no_status else paper_status(slugs)

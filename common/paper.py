@@ -15,8 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.params import ConfigError, format_validation_error
-from common.pipeline import PAPERS_ROOT
+from common.params import PAPERS_ROOT, ConfigError, format_validation_error
 
 
 class Claim(BaseModel):

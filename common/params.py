@@ -1,4 +1,5 @@
-"""The top level of ``params.yaml``: reading it, its schema, and the error every config problem raises.
+"""The top level of ``params.yaml``: reading it, its schema, and the error every config problem raises; and
+the papers there are (``all_papers``: the folders of ``papers/`` with a ``paper.yaml``).
 
 Kept apart from :mod:`common.config` (the paper sections and their runs) so that a stage that reads only the
 top level (``prepare-<dataset>``) does not depend on the building blocks the runs name.
@@ -14,6 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.errors import UserError
+
+PAPERS_ROOT = Path(__file__).resolve().parent.parent / "papers"
+
+
+def all_papers(root: Path = PAPERS_ROOT) -> list[str]:
+    """Every paper's slug: the folders of ``papers/`` with a ``paper.yaml``."""
+    return sorted(p.parent.name for p in root.glob("*/paper.yaml"))
 
 
 class ConfigError(UserError, ValueError):

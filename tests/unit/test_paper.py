@@ -4,8 +4,7 @@ import pytest
 
 from common.config import resolve_runs
 from common.paper import check_claims, load_paper
-from common.params import ConfigError
-from common.pipeline import all_papers
+from common.params import ConfigError, all_papers
 from common.report.build import evaluate_claims
 from common.report.stats import NO_EFFECT, REPRODUCED, REVERSED
 from tests.conftest import REPO
