@@ -25,6 +25,14 @@ def test_a_claim_on_a_missing_method_is_an_error():
         check_claims(meta, {"multi_similarity", "triplet", "ms_no_mining", "ms_official_code"}, {"omniglot"})
 
 
+def test_a_leaderboard_method_must_be_one_of_the_papers():
+    meta = load_paper("supcon")
+    meta.report.leaderboard = ["supcon_out", "supcon_outside"]
+    runs = resolve_runs("supcon", REPO / "params.yaml")
+    with pytest.raises(ConfigError, match="report.leaderboard: method 'supcon_outside' is not in params.yaml"):
+        check_claims(meta, {r.method for r in runs}, {r.dataset for r in runs})
+
+
 def test_unknown_paper():
     with pytest.raises(ConfigError, match="no such paper"):
         load_paper("nope")
