@@ -87,9 +87,11 @@ def test_every_run_of_two_workers_is_a_finished_mlflow_run_with_its_metrics(
 def test_a_run_that_fails_in_a_worker_fails_the_stage_and_the_finished_runs_are_kept(
     tmp_path, tiny_prepared, monkeypatch, capsys
 ):
-    """The first run (contrastive) diverges while a second worker trains the next one (ms_no_mining): the stage
-    fails with the NaN guard's message and exit status, as with one worker; the other run finishes and keeps
-    its record; no further run starts."""
+    """The first run (contrastive) diverges at its first steps while a second worker trains the next one
+    (ms_no_mining): the stage fails with the NaN guard's message and exit status, as with one worker; the run in
+    flight finishes and keeps its record; no run is lost (each is FAILED or has a record), and the stage stops
+    before its last run (triplet). Which runs a worker finished before the divergence reached the parent
+    depends on timing, so only these are asserted."""
 
     def diverge_contrastive(params: dict) -> None:
         paper = params["multi_similarity"]
@@ -104,7 +106,7 @@ def test_a_run_that_fails_in_a_worker_fails_the_stage_and_the_finished_runs_are_
         monkeypatch.chdir(workdir)
         uri = f"sqlite:///{workdir / 'mlflow.db'}"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        tiny_params(workdir, diverge_contrastive, epochs=3, batches_per_epoch=5)
+        tiny_params(workdir, diverge_contrastive, epochs=3, batches_per_epoch=30)
         code = runner.main(
             ["multi_similarity", "--dataset", "fashion_mnist", "--workers", str(workers), "--threads", "1"]
         )
@@ -124,10 +126,11 @@ def test_a_run_that_fails_in_a_worker_fails_the_stage_and_the_finished_runs_are_
     [line] = err
     assert code == 2 and line.startswith("run: error: multi_similarity ") and "the loss is" in line, line
     assert outcomes[1][2:4] == ([], {"contrastive/fashion_mnist/seed0": "FAILED"})
-    assert methods == ["ms_no_mining"], "the run in flight finished and kept its record"
+    assert "ms_no_mining" in methods, "the run in flight finished and kept its record"
+    assert "triplet" not in methods, "no new run starts after a failure"
     assert status == {
         "contrastive/fashion_mnist/seed0": "FAILED",
-        "ms_no_mining/fashion_mnist/seed0": "FINISHED",
+        **{f"{method}/fashion_mnist/seed0": "FINISHED" for method in methods},
     }
     assert errors["contrastive/fashion_mnist/seed0"] == outcomes[1][4]["contrastive/fashion_mnist/seed0"]
     assert errors["contrastive/fashion_mnist/seed0"].startswith("NonFiniteLossError: ")
