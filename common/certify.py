@@ -208,7 +208,8 @@ def certify(
     dvc: str = "dvc",
 ) -> int:
     """``repro certify``: certify every run stage that only its code made stale (or the named ones), then
-    re-lock the certified stages. Returns 0 if every stage was certified, 1 if a stage's numbers moved."""
+    re-lock the certified stages. Returns 0 if every stage was certified, 1 if a stage's numbers moved or it is
+    stale for more than its code (each such stage is named, with why; the others are still certified)."""
     from common.config import load_paper_section
     from common.params import all_papers
     from common.pipeline import run_code_hash, run_stage
@@ -235,15 +236,20 @@ def certify(
             continue
         paper, dataset = known[name]
         code_hash = run_code_hash(paper, dataset, params_path)
-        certificate, differences = certify_stage(
-            paper,
-            dataset,
-            stale[name],
-            lambda record, scratch: rerun_record(record, scratch, prepared_root),
-            code_hash,
-            git_commit(),
-            size=size,
-        )
+        try:
+            certificate, differences = certify_stage(
+                paper,
+                dataset,
+                stale[name],
+                lambda record, scratch: rerun_record(record, scratch, prepared_root),
+                code_hash,
+                git_commit(),
+                size=size,
+            )
+        except ConfigError as err:  # stale for more than its code, or never run: this stage must rerun
+            status = 1
+            print(f"{name}: not certified: {err}")
+            continue
         if certificate is None:
             status = 1
             print(f"{name}: the change alters its numbers; rerun it with `dvc repro {name}`")

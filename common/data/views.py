@@ -95,12 +95,13 @@ def view_batch(
     count: int,
     strength: float,
     instance: bool,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch of ``count`` random views of each image: the views stacked view by view
     (``count * N`` rows), and their labels, the images' ``labels`` or, with ``instance``, their ``indices`` in
     the training split (so the views of one image, and only those, share a label)."""
     ids = indices.to(labels.device) if instance else labels
     return (
-        torch.cat([random_view(images, strength) for _ in range(count)]),
+        torch.cat([random_view(images, strength, generator) for _ in range(count)]),
         torch.cat([ids] * count),
     )

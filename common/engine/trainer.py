@@ -124,12 +124,22 @@ def to_model_input(images: torch.Tensor, image_size: int, mean: float, std: floa
     return (x - mean) / std
 
 
-def random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
+def random_shift(
+    images: torch.Tensor, max_shift: int = 2, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Translate each image by up to ``max_shift`` pixels (zero fill): the only augmentation used here."""
     n, _, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4, value=float(images.min()))
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n)).tolist()
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).tolist()
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+def augmentation_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The randomness of an epoch's augmentation (shifts, views), by (seed, epoch, rank) alone: within a seed,
+    every method of a paper draws the same shifts and views for the same batches (paired seeds), whatever
+    randomness its loss or head consumed when it was built, and a resumed run draws what an uninterrupted one
+    does."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) * 2 + 1)
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> tuple[Path | None, int]:
@@ -255,6 +265,7 @@ def fit_and_evaluate(
         sampler.set_epoch(epoch)
         if hasattr(criterion, "set_epoch"):  # schedules inside a loss, e.g. deferred re-weighting
             criterion.set_epoch(epoch)
+        augmentation = augmentation_generator(run.seed, epoch, accelerator.process_index)
         started = time.perf_counter()
         total, nonzero, steps, seen = 0.0, 0, 0, 0
         bar = tqdm(
@@ -267,9 +278,9 @@ def fit_and_evaluate(
             images, labels = train.images[batch], train.labels[batch]
             seen += len(batch) * accelerator.num_processes  # source images (not views), every rank's
             if run.augment == "shift":
-                images = random_shift(images)
+                images = random_shift(images, generator=augmentation)
             if view_batch is not None:
-                images, labels = view_batch(images, labels, torch.as_tensor(batch))
+                images, labels = view_batch(images, labels, torch.as_tensor(batch), generator=augmentation)
             images, labels = images.to(device), labels.to(device)
 
             loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)

@@ -7,6 +7,7 @@ import torch
 from accelerate import Accelerator
 
 import common.engine.trainer as trainer
+from common.data.views import random_view
 from common.params import ConfigError
 from common.samplers.shuffle import ShuffleBatchSampler
 from tests.integration.test_classification_runs import _synthetic
@@ -44,9 +45,10 @@ def test_the_loss_gets_two_views_of_each_image_labelled_by_class_or_by_image(lab
     assert torch.equal(got, torch.cat([expected, expected]))
     first, second = images[:n], images[n:]
     assert not torch.allclose(first, second), "two different views"
-    # each view comes from its own image: it is closer to that image than the average other image is
-    own = (first - train.images[batch]).pow(2).mean(dim=(1, 2, 3))
-    assert float(own.mean()) < float((first - train.images[batch].roll(1, 0)).pow(2).mean())
+    # each view is a random view of its own image, drawn from the epoch's augmentation generator
+    generator = trainer.augmentation_generator(run.seed, 1, 0)
+    assert torch.equal(first, random_view(train.images[batch], 1.0, generator))
+    assert torch.equal(second, random_view(train.images[batch], 1.0, generator))
 
 
 def test_one_view_is_augmentation_with_the_images_labels(tmp_path, monkeypatch):
@@ -137,3 +139,16 @@ def test_a_probed_run_on_views_records_the_representation_and_corruption_metrics
         assert 0 <= metrics["top1_accuracy"] <= 1 and metrics["alignment"] >= 0 and metrics["uniformity"] <= 0
         per_set = [metrics["accuracy_contrast_s1"], metrics["accuracy_contrast_s5"]]
         assert metrics["corruption_accuracy"] == pytest.approx(sum(per_set) / 2)
+
+
+def test_within_a_seed_every_method_draws_the_same_views_of_the_same_batches(tmp_path, monkeypatch):
+    """Paired seeds: SupCon (no parameters of its own) and cross-entropy (a classifier whose initialization
+    draws from the global generator) see the same images, and the first view of each is the same."""
+    views = {"count": 2, "strength": 1.0, "labels": "class"}
+    train, test = _synthetic([10, 10, 10], test_classes=3)
+    supcon = classification_run(tmp_path / "a", train={"views": views}, methods=SUPCON)
+    [(supcon_images, _)] = _batches_seen(supcon, train, test, tmp_path / "a", monkeypatch)
+    one_view = classification_run(tmp_path / "b", train={"views": {**views, "count": 1}})  # cross-entropy
+    [(ce_images, _)] = _batches_seen(one_view, train, test, tmp_path / "b", monkeypatch)
+    n = ce_images.shape[0]
+    assert torch.equal(supcon_images[:n], ce_images)

@@ -29,7 +29,9 @@ def test_a_leaderboard_method_must_be_one_of_the_papers():
     meta = load_paper("supcon")
     meta.report.leaderboard = ["supcon_out", "supcon_outside"]
     runs = resolve_runs("supcon", REPO / "params.yaml")
-    with pytest.raises(ConfigError, match="report.leaderboard: method 'supcon_outside' is not in params.yaml"):
+    with pytest.raises(
+        ConfigError, match="report.leaderboard: method 'supcon_outside' is not in params.yaml"
+    ):
         check_claims(meta, {r.method for r in runs}, {r.dataset for r in runs})
 
 
