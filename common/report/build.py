@@ -25,6 +25,7 @@ from common.records import read_paper_records
 from common.report import plots
 from common.report.stats import (
     INCONCLUSIVE,
+    MAX_SEEDS,
     RAW_METRICS,
     VERDICTS,
     Interval,
@@ -295,8 +296,10 @@ def _verdict_cell(c: dict[str, Any]) -> str:
     if c["verdict"] != INCONCLUSIVE:
         return f"**{c['verdict']}**"
     needed = c.get("seeds_needed")
+    if c["difference"]["n"] < 2:
+        return f"**{INCONCLUSIVE}** (one seed decides nothing)"
     if needed is None:
-        return f"**{INCONCLUSIVE}** (no affordable number of seeds decides it)"
+        return f"**{INCONCLUSIVE}** (more than {MAX_SEEDS} seeds for 80% power)"
     return f"**{INCONCLUSIVE}** ({needed} seeds for 80% power)"
 
 
