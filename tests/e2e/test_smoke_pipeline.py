@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import REPO
 from tests.e2e.conftest import BIN, DATASETS, METHODS, PAPER_PARAMS, git
 
-FIGURES = ("recall_at_k.png", "similarities.png", "training_loss.png")
+FIGURES = ("forest.png", "recall_at_k.png", "similarities.png", "training_loss.png")
 
 
 def test_smoke_repro_writes_the_report_and_index(smoke_repo):
