@@ -211,7 +211,7 @@ def show_report(
 
 
 def _claims_table(claims: Sequence[dict]) -> list[list[str]]:
-    from common.report.stats import RAW_METRICS, format_interval
+    from common.report.stats import format_interval, format_margin
 
     rows = [["claim", "of", "dataset", "metric", "better", "worse", "difference", "margin", "verdict"]]
     for c in claims:
@@ -222,12 +222,21 @@ def _claims_table(claims: Sequence[dict]) -> list[list[str]]:
             )
             continue
         cells = [format_interval(c["metric"], c[k]) for k in ("better", "worse", "difference")]
-        margin = c["margin"] if c["metric"] in RAW_METRICS else 100 * c["margin"]
         needed = c.get("seeds_needed")
         verdict = c["verdict"] + (
             f" ({needed} seeds for 80% power)" if c["verdict"] == "inconclusive" and needed else ""
         )
-        rows.append([c["claim"], of, c["dataset"], c["metric"], *cells, f"{margin:g}", verdict])
+        rows.append(
+            [
+                c["claim"],
+                of,
+                c["dataset"],
+                c["metric"],
+                *cells,
+                format_margin(c["metric"], c["margin"]),
+                verdict,
+            ]
+        )
     return rows
 
 

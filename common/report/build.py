@@ -30,6 +30,7 @@ from common.report.stats import (
     VERDICTS,
     Interval,
     format_interval,
+    format_margin,
     judge_claim,
     mean_ci,
     paired_correlation,
@@ -281,17 +282,6 @@ def _counts_text(claims: list[dict[str, Any]]) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-def _format_difference(c: dict[str, Any]) -> str:
-    """The mean difference in the metric's units (points, or as it is) with its 95% half-width."""
-    return format_interval(c["metric"], c["difference"])
-
-
-def _format_margin(c: dict[str, Any]) -> str:
-    if c["metric"] in RAW_METRICS:
-        return f"{c['margin']:g}"
-    return f"{100 * c['margin']:g}"
-
-
 def _verdict_cell(c: dict[str, Any]) -> str:
     if c["verdict"] != INCONCLUSIVE:
         return f"**{c['verdict']}**"
@@ -341,7 +331,8 @@ def claims_section(claims: list[dict[str, Any]], figure: str) -> list[str]:
         lines.append(
             f"| {c['text']}{kind} | {of} | {c['dataset']} | {_metric_name(c['metric'])} "
             f"| {format_interval(c['metric'], c['better'])} | {format_interval(c['metric'], c['worse'])} "
-            f"| {_format_difference(c)} | {_format_margin(c)} | {c['difference']['n']} "
+            f"| {format_interval(c['metric'], c['difference'])} | {format_margin(c['metric'], c['margin'])} "
+            f"| {c['difference']['n']} "
             f"| {_number(c['correlation'])} | {_number(c['power'])} | {_verdict_cell(c)} |"
         )
     lines += ["", "Margins and what the paper reports:", ""]
@@ -351,7 +342,9 @@ def claims_section(claims: list[dict[str, Any]], figure: str) -> list[str]:
             continue
         seen.add(c["claim"])
         evidence = f" The paper: {c['paper_evidence']}." if c["paper_evidence"] else ""
-        lines.append(f"- `{c['claim']}`: margin {_format_margin(c)} ({c['margin_reason']}).{evidence}")
+        lines.append(
+            f"- `{c['claim']}`: margin {format_margin(c['metric'], c['margin'])} ({c['margin_reason']}).{evidence}"
+        )
     lines += [
         "",
         f"![Forest plot of the claim checks]({figure})",

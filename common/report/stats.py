@@ -66,6 +66,11 @@ def format_interval(metric: str, interval: Interval | dict[str, float]) -> str:
     return interval.format()
 
 
+def format_margin(metric: str, margin: float) -> str:
+    """A claim's margin in the units its metric is shown in: points, or as it is (RAW_METRICS)."""
+    return f"{margin if metric in RAW_METRICS else 100 * margin:g}"
+
+
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
     """Mean and half-width of the two-sided Student-t interval over seeds."""
     n = len(values)
