@@ -109,10 +109,6 @@ def cpu_run(sizes: Sizes, epochs: int | None, batches: int | None, **fields: Any
     return run
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 # -- 1. the trainer against a bare loop ------------------------------------------------------------------
 
 
@@ -315,13 +311,15 @@ def print_trainer(run: RunConfig, rates: dict[str, list[float]], repeats: int, q
     rows = {"bare PyTorch loop (reference)": "bare", "trainer, augment none": "trainer"}
     rows["trainer, augment shift"] = "trainer_shift"
     for label, name in rows.items():
-        best, mid = max(rates[name]), median(rates[name])
+        best, mid = max(rates[name]), statistics.median(rates[name])
         ratio = best / max(bare)
         goal = {
             "trainer": f"trainer/bare >= {TRAINER_GOAL}: {verdict(ratio, TRAINER_GOAL, quick)}",
             "trainer_shift": "(with the repo's default augmentation)",
         }.get(name, "")
-        print(f"{label:34s} {best:11.1f} {mid:9.1f} {ratio:9.3f} {mid / median(bare):9.3f}  {goal}")
+        print(
+            f"{label:34s} {best:11.1f} {mid:9.1f} {ratio:9.3f} {mid / statistics.median(bare):9.3f}  {goal}"
+        )
 
 
 def print_workers(sizes: Sizes, seconds: dict[str, list[float]], repeats: int, quick: bool) -> None:
@@ -334,7 +332,7 @@ def print_workers(sizes: Sizes, seconds: dict[str, list[float]], repeats: int, q
     print(f"{'row':34s} {'best s':>11s} {'median':>9s} {'speed-up':>8s}  goal")
     reference = min(seconds["1 worker x 1 thread"])
     for name in STAGES:
-        best, mid = min(seconds[name]), median(seconds[name])
+        best, mid = min(seconds[name]), statistics.median(seconds[name])
         speedup = reference / best
         goal = ""
         if name == "2 workers x 1 thread":
@@ -342,7 +340,7 @@ def print_workers(sizes: Sizes, seconds: dict[str, list[float]], repeats: int, q
         label = f"{name} (reference)" if name == "1 worker x 1 thread" else name
         print(f"{label:34s} {best:11.2f} {mid:9.2f} {speedup:7.2f}x  {goal}")
     start = seconds["worker start-up"]
-    print(f"{'worker start-up (import, no run)':34s} {min(start):11.2f} {median(start):9.2f}")
+    print(f"{'worker start-up (import, no run)':34s} {min(start):11.2f} {statistics.median(start):9.2f}")
 
 
 def print_fixed_cost(run: RunConfig, parts: list[dict], cold: float, repeats: int, quick: bool) -> None:
