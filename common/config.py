@@ -12,8 +12,9 @@ Methods may only set ``loss`` (and a ``label``), so that within a paper's table 
 same backbone, data, augmentation and budget: the fair-comparison rule of the replication standard.
 A paper whose compared variable is something else (Prototypical Networks compares training ways) names
 it in ``varies`` (default ``[loss]``), so the exception is declared where everyone sees it. A method that
-trains for part of the budget sets ``epochs_share`` (in (0, 1], of the profile's epochs, at least one), so
-that the comparison holds under every profile.
+trains for part or a multiple of the budget sets ``epochs_share`` (a positive factor of the profile's epochs,
+rounded, at least one: 0.5 for half, 2 for a budget check's doubled baseline), so that the comparison holds
+under every profile.
 Every resolved run is validated, and its components are built once on the spot, before any
 training starts: a typo or an out-of-range value fails at once with the key path in the message.
 
@@ -29,10 +30,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from common.params import ConfigError, deep_merge, format_validation_error, load_params
 from common.registry import BuildError
@@ -152,6 +163,12 @@ class CorruptionSpec(BaseModel):
         return tuple(sorted(values))
 
 
+def omit_later_defaults(data: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the fields added after the first records (``later``: name -> default) where they hold
+    their default, so that a run that does not use them keeps its config, its hash and its record."""
+    return {k: v for k, v in data.items() if k not in later or v != later[k]}
+
+
 class EvalSpec(BaseModel):
     """What is measured on the test split after training: retrieval for embedding losses, classification
     metrics (top-1, balanced accuracy, ECE) for classification losses; the rest when asked for."""
@@ -168,11 +185,20 @@ class EvalSpec(BaseModel):
         15, ge=1, description="classification: equal-width confidence bins of the ECE"
     )
     shot_groups: ShotGroups | None = Field(None, description="classification: many/medium/few-shot accuracy")
+    train_accuracy: bool = Field(
+        False,
+        description="classification: top-1 on the training images against the labels trained on (noisy ones "
+        "included), without augmentation: how well the model fits its training set",
+    )
     sharpness: SharpnessSpec | None = None
     probe: ProbeSpec | None = Field(
         None, description="embedding losses: linear probe, k-NN, alignment, uniformity"
     )
     corruptions: CorruptionSpec | None = Field(None, description="accuracy on corrupted test images")
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return omit_later_defaults(handler(self), {"train_accuracy": False})
 
     @field_validator("ks")
     @classmethod
@@ -229,6 +255,49 @@ class ViewsSpec(BaseModel):
         return self
 
 
+class LrSchedule(BaseModel):
+    """The learning rate over training, as a factor of the optimizer's ``lr``, set before every step; a pure
+    function of the step, so a resumed run continues it exactly.
+
+    ``cosine``: from 1 down to 0 along half a cosine over all the run's steps (Loshchilov & Hutter, "SGDR",
+    ICLR 2017). ``step``: multiplied by ``factors[i]`` (not cumulative) from the epoch after ``at[i]`` of the
+    run's epochs (LDAM-DRW's CIFAR schedule, lr x 0.01 after epoch 160 of 200 and x 0.0001 after 180, is
+    ``at: [0.8, 0.9], factors: [0.01, 0.0001]``). ``warmup_epochs``: first a linear rise from ``1 / steps`` to
+    1 over the first epochs' steps (Goyal et al. 2017; LDAM-DRW warms up for 5 epochs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["cosine", "step"]
+    at: tuple[float, ...] = Field((), description="step: the shares of the epochs after which factors apply")
+    factors: tuple[float, ...] = Field((), description="step: the lr factor from each milestone on")
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _milestones(self) -> LrSchedule:
+        if self.name == "cosine" and (self.at or self.factors):
+            raise ValueError("at and factors belong to the step schedule; cosine takes neither")
+        if self.name == "step":
+            if not self.at or len(self.at) != len(self.factors):
+                raise ValueError("the step schedule needs at and factors, one factor per milestone")
+            if list(self.at) != sorted(set(self.at)) or not all(0 < a < 1 for a in self.at):
+                raise ValueError(f"at must increase strictly within (0, 1); got {list(self.at)}")
+            if not all(f > 0 for f in self.factors):
+                raise ValueError(f"factors must be positive; got {list(self.factors)}")
+        return self
+
+    def factor(self, epoch: int, step: int, epochs: int, steps_per_epoch: int) -> float:
+        """The lr factor at ``step`` (0-based) of ``epoch`` (1-based) of ``epochs`` of ``steps_per_epoch``."""
+        done = (epoch - 1) * steps_per_epoch + step
+        if self.name == "cosine":
+            value = 0.5 * (1.0 + math.cos(math.pi * done / (epochs * steps_per_epoch)))
+        else:
+            value = 1.0
+            for share, factor in zip(self.at, self.factors, strict=True):
+                if epoch - 1 >= round(share * epochs):
+                    value = factor
+        warmup = self.warmup_epochs * steps_per_epoch
+        return value * min(1.0, (done + 1) / warmup) if warmup else value
+
+
 class Holdout(BaseModel):
     """Train on the training split minus a held-out part, and evaluate on that part (tuning trials).
 
@@ -266,6 +335,9 @@ class RunConfig(BaseModel):
     image_size: int = Field(28, ge=8)
     augment: Literal["none", "shift"] = "none"
     views: ViewsSpec | None = Field(None, description="train on random views of each image (contrastive)")
+    lr_schedule: LrSchedule | None = Field(
+        None, description="the learning rate over training (default constant)"
+    )
     train_limit: int | None = Field(None, ge=2, description="train on a fixed random subset of this size")
     eval: EvalSpec = EvalSpec()
     holdout: Holdout | None = Field(None, description="a tuning trial: evaluate on held-out training data")
@@ -277,6 +349,10 @@ class RunConfig(BaseModel):
                 f"views and augment {self.augment!r} exclude each other: the views are the augmentation"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return omit_later_defaults(handler(self), {"lr_schedule": None})
 
     @property
     def key(self) -> str:
@@ -440,8 +516,8 @@ def resolve_runs(
             where = f"{params_path}: {paper} (dataset {dataset}, method {method}, profile {profile})"
             if "epochs_share" in merged:
                 share, epochs = merged.pop("epochs_share"), merged.get("epochs")
-                if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
-                    raise ConfigError(f"{where}: epochs_share must be a number in (0, 1]; got {share!r}")
+                if isinstance(share, bool) or not isinstance(share, int | float) or not share > 0:
+                    raise ConfigError(f"{where}: epochs_share must be a positive number; got {share!r}")
                 if isinstance(epochs, int):
                     merged["epochs"] = max(1, round(share * epochs))
             for seed in seeds:

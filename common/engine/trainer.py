@@ -10,7 +10,8 @@ A pair loss or a margin head reads the embeddings (gathered across processes, wi
 classification loss reads the logits of a classifier put on the model (``common.models.classifiers``), on
 each process's own batch. The SAM optimizer takes its two forward-backward passes per batch (the second at
 the perturbed weights, on the same augmented batch, with BatchNorm's running statistics left as the first
-pass set them).
+pass set them). A learning-rate schedule (``RunConfig.lr_schedule``) sets the rate before each step from
+(epoch, step) alone.
 """
 
 from __future__ import annotations
@@ -226,6 +227,7 @@ def fit_and_evaluate(
         model = Classifier(model, len(class_counts), run.classifier or "linear")
     trainable = list(model.parameters()) + list(criterion.parameters())
     optimizer = optim.build(run.optimizer.name, trainable, **run.optimizer.kwargs)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule's factor multiplies these
     if any(p.requires_grad for p in criterion.parameters()):  # proxy/margin heads own class weights
         model, criterion, optimizer = accelerator.prepare(model, criterion, optimizer)
     else:
@@ -283,6 +285,10 @@ def fit_and_evaluate(
                 images, labels = view_batch(images, labels, torch.as_tensor(batch), generator=augmentation)
             images, labels = images.to(device), labels.to(device)
 
+            if run.lr_schedule is not None:
+                factor = run.lr_schedule.factor(epoch, step, run.epochs, run.batches_per_epoch)
+                for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                    group["lr"] = base_lr * factor
             loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -312,6 +318,7 @@ def fit_and_evaluate(
             "steps": steps,
             "images": seen,
             "epoch_seconds": time.perf_counter() - started,
+            **({"lr": optimizer.param_groups[0]["lr"]} if run.lr_schedule is not None else {}),
         }
         history.append(metrics)
         on_epoch(metrics, epoch)

@@ -220,3 +220,56 @@ def test_label_noise_applies_to_the_long_tailed_subset(tmp_path, prepared_root):
     assert torch.equal(noisy.labels, noisy_labels(clean.labels, 0.4, "symmetric", seed=0).labels)
     flipped = float((noisy.labels != clean.labels).double().mean())
     assert 0.3 < flipped < 0.5
+
+
+# ------------------------------------------------------------------------------------ learning-rate schedule
+
+
+def _scheduled_run(tmp_path: Path, schedule: dict) -> RunConfig:
+    return classification_run(
+        tmp_path, train={"lr_schedule": schedule}, profile={"epochs": 3, "batches_per_epoch": 2}
+    )
+
+
+def test_the_optimizer_steps_with_the_scheduled_learning_rate(tmp_path, monkeypatch):
+    run = _scheduled_run(
+        tmp_path, {"name": "step", "at": [0.3, 0.6], "factors": [0.5, 0.1], "warmup_epochs": 1}
+    )
+    base = run.optimizer.kwargs["lr"]
+    used = []
+    step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    train, test = _synthetic([16, 16], test_classes=2)
+    result, _, _ = _fit(run, train, test, tmp_path, monkeypatch)
+    # epoch 1 warms up over its 2 steps; epoch 2 (after 0.3 x 3 = 1 epoch) x 0.5; epoch 3 (after 2) x 0.1
+    assert used == pytest.approx([base / 2, base, base * 0.5, base * 0.5, base * 0.1, base * 0.1])
+    assert [h["lr"] for h in result.history] == pytest.approx([base, base * 0.5, base * 0.1])
+
+
+def test_a_scheduled_run_resumed_mid_way_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    run = _scheduled_run(tmp_path, {"name": "cosine"})
+    train, test = _synthetic([16, 16], test_classes=2)
+    whole, trained, _ = _fit(run, train, test, tmp_path / "whole", monkeypatch)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_epoch_3(metrics, epoch):
+        if epoch == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):  # epochs 1 and 2 are checkpointed
+        fit_and_evaluate(
+            run, train, test, tmp_path / "cut" / "checkpoints", Accelerator(cpu=True), stop_at_epoch_3
+        )
+    resumed, again, _ = _fit(run, train, test, tmp_path / "cut", monkeypatch)
+    assert resumed.resumed_from_epoch == 2
+    assert [h["lr"] for h in resumed.history] == [h["lr"] for h in whole.history]
+    for a, b in zip(trained.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.metrics == whole.metrics

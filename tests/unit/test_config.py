@@ -1,11 +1,12 @@
 """params.yaml validation: bad input fails before compute, with the key in the message."""
 
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from common.config import load_paper_section, resolve_runs
+from common.config import LrSchedule, RunConfig, load_paper_section, resolve_runs
 from common.params import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +75,21 @@ def test_the_committed_params_resolve_for_every_profile():
         (lambda p: p["multi_similarity"]["train"]["sampler"].update(name="nope"), "unknown sampler 'nope'"),
         (lambda p: p.update(profile="tpu"), "profile"),
         (lambda p: p["multi_similarity"]["train"].update(augment="rotate"), "augment"),
+        (lambda p: p["multi_similarity"]["train"].update(lr_schedule={"name": "linear"}), "lr_schedule.name"),
+        (
+            lambda p: p["multi_similarity"]["train"].update(lr_schedule={"name": "step", "at": [0.5]}),
+            "one factor per milestone",
+        ),
+        (
+            lambda p: p["multi_similarity"]["train"].update(
+                lr_schedule={"name": "step", "at": [0.9, 0.5], "factors": [0.1, 0.01]}
+            ),
+            "at must increase",
+        ),
+        (
+            lambda p: p["multi_similarity"]["train"].update(lr_schedule={"name": "cosine", "at": [0.5]}),
+            "cosine takes neither",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, edit, expected):
@@ -186,12 +202,40 @@ def test_epochs_share_trains_a_method_for_part_of_every_profiles_epochs(tmp_path
     def share(value):
         return lambda p: p["align_uniform"]["methods"]["au_lam1"].update(epochs_share=value)
 
-    for bad in (0, 1.5, "half", True):
-        with pytest.raises(ConfigError, match=r"method au_lam1, .*epochs_share must be a number in \(0, 1\]"):
+    for bad in (0, -1, "half", True):
+        with pytest.raises(ConfigError, match=r"method au_lam1, .*epochs_share must be a positive number"):
             resolve_runs("align_uniform", _params(tmp_path, share(bad)), "cpu")
+    doubled = {r.method: r.epochs for r in resolve_runs("align_uniform", _params(tmp_path, share(2)), "cpu")}
+    assert doubled["au_lam1"] == 6  # a budget check's doubled baseline: twice the profile's 3 epochs
 
     def undeclared(p):
         p["align_uniform"]["varies"] = ["loss", "views"]
 
     with pytest.raises(ConfigError, match=r"methods\.\w+_epochs sets \['epochs_share'\]"):
         resolve_runs("align_uniform", _params(tmp_path, undeclared), "cpu")
+
+
+def test_the_lr_schedules_follow_their_formulas():
+    cosine = LrSchedule(name="cosine")
+    assert cosine.factor(1, 0, 4, 10) == 1.0
+    assert cosine.factor(3, 0, 4, 10) == pytest.approx(0.5)  # half-way
+    assert cosine.factor(4, 9, 4, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    ldam = LrSchedule(name="step", at=(0.8, 0.9), factors=(0.01, 0.0001), warmup_epochs=5)  # LDAM-DRW, CIFAR
+    assert ldam.factor(1, 0, 200, 10) == pytest.approx(1 / 50)  # warm-up: step 1 of 50
+    assert ldam.factor(5, 9, 200, 10) == 1.0
+    assert [ldam.factor(e, 0, 200, 10) for e in (160, 161, 180, 181)] == [1.0, 0.01, 0.01, 0.0001]
+
+
+def test_a_run_without_the_later_settings_keeps_its_config_and_hash():
+    """``lr_schedule`` and ``eval.train_accuracy`` came after the first records: unset, they are not in the
+    config a record holds."""
+    run = resolve_runs("sam", REPO / "params.yaml", "cpu")[0]
+    assert "lr_schedule" not in run.model_dump(mode="json")
+    assert "train_accuracy" not in run.model_dump(mode="json")["eval"]
+    measured = RunConfig.model_validate({**run.model_dump(mode="json"), "eval": {"train_accuracy": True}})
+    assert measured.model_dump(mode="json")["eval"]["train_accuracy"] is True
+    assert measured.config_hash() != run.config_hash()
+    scheduled = RunConfig.model_validate({**run.model_dump(mode="json"), "lr_schedule": {"name": "cosine"}})
+    assert scheduled.model_dump(mode="json")["lr_schedule"]["name"] == "cosine"
+    assert scheduled.config_hash() != run.config_hash()
+    assert RunConfig.model_validate(scheduled.model_dump(mode="json")) == scheduled
