@@ -1,11 +1,13 @@
 """What is measured after training a classifier (a run whose loss reads logits), on the test split.
 
 Metrics: ``top1_accuracy``; ``balanced_accuracy`` (the mean per-class accuracy); ``nll`` (the test
-cross-entropy); ``ece`` (expected calibration error, ``eval.calibration_bins`` equal-width bins, Guo et al.
-2017); with ``eval.shot_groups``, ``accuracy_many`` / ``accuracy_medium`` / ``accuracy_few`` over the classes
+cross-entropy) and ``ece`` (expected calibration error, ``eval.calibration_bins`` equal-width bins, Guo et al.
+2017), both on the model's own probabilities (the loss's ``calibration_inputs``: the softmax, or the square
+loss's estimate); with ``eval.shot_groups``, ``accuracy_many`` / ``accuracy_medium`` / ``accuracy_few`` over the classes
 grouped by their training samples (a group without classes is left out); with ``eval.sharpness``,
 ``sharpness_rho`` and ``hessian_top_eigenvalue`` of the training loss on a fixed subset of the training data
-(``common.metrics.sharpness``). The reliability diagram's bins go to the record for the report's plots.
+(``common.metrics.sharpness``); with ``eval.train_accuracy``, ``train_top1_accuracy`` on the training
+images and the labels trained on (noisy ones included). The reliability diagram's bins go to the record for the report's plots.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def _finite_or_none(values: torch.Tensor) -> list[float | None]:
     return [float(v) if math.isfinite(float(v)) else None for v in values.tolist()]
 
 
+def _log(probabilities: torch.Tensor) -> torch.Tensor:
+    """The log of probabilities, a zero one counted as the smallest positive number (a finite NLL)."""
+    return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+
+
 def evaluate_classifier(
     run: RunConfig,
     model: torch.nn.Module,
@@ -47,23 +54,27 @@ def evaluate_classifier(
     logits = criterion.test_logits(embed(model, test.images, device).double())
     num_classes = logits.shape[1]
     class_accuracy = per_class_accuracy(logits, test.labels, num_classes)
+    scores, kind = criterion.calibration_inputs(logits)  # the model's own probabilities
+    nll = F.cross_entropy(scores, test.labels) if kind == "logits" else F.nll_loss(_log(scores), test.labels)
     metrics = {
         "top1_accuracy": top1_accuracy(logits, test.labels),
         "balanced_accuracy": float(class_accuracy.nanmean()),
-        "nll": float(F.cross_entropy(logits, test.labels)),
-        "ece": expected_calibration_error(logits, test.labels, spec.calibration_bins, inputs="logits"),
+        "nll": float(nll),
+        "ece": expected_calibration_error(scores, test.labels, spec.calibration_bins, inputs=kind),
     }
     if spec.shot_groups is not None:
         counts = torch.bincount(train.labels, minlength=num_classes)
         groups = shot_accuracy(class_accuracy, counts, spec.shot_groups.many, spec.shot_groups.few)
         metrics |= {f"accuracy_{name}": groups[name] for name in ("many", "medium", "few")}
         metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    if spec.train_accuracy:
+        metrics["train_top1_accuracy"] = top1_accuracy(embed(model, train.images, device), train.labels)
     if spec.sharpness is not None:
         metrics |= _sharpness(run, model, criterion, device, train)
     if corrupted is not None:
         predicted = {name: embed(model, x, device).argmax(dim=1) for name, x in corrupted.images.items()}
         metrics |= corruption_accuracy(predicted, corrupted.labels)
-    bins = reliability_diagram_bins(logits, test.labels, spec.calibration_bins, inputs="logits")
+    bins = reliability_diagram_bins(scores, test.labels, spec.calibration_bins, inputs=kind)
     reliability = {
         "edges": bins.edges.tolist(),
         "confidence": _finite_or_none(bins.confidence),

@@ -77,7 +77,7 @@ def optional_modules(run: RunConfig) -> list[str]:
 
 @torch.no_grad()
 def embed(
-    model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 128
 ) -> torch.Tensor:
     model.eval()
     return torch.cat(

@@ -91,6 +91,13 @@ class ClassificationLoss(nn.Module):
         reads, less anything that exists only in training (a margin on the target, class weights)."""
         return logits
 
+    def calibration_inputs(self, test_logits: Tensor) -> tuple[Tensor, str]:
+        """The model's own class probabilities from its :meth:`test_logits`, as the scores and their kind
+        (``"logits"`` or ``"probs"``) that ``common.metrics.classification`` reads: for a softmax loss, the test
+        logits themselves; a loss that estimates the probabilities otherwise (the square loss) overrides this,
+        so that calibration is measured on its estimate."""
+        return test_logits, "logits"
+
 
 class DeferredReweighting:
     r"""Mixin: per-class weights of a cross-entropy, on from the start or switched on at an epoch.

@@ -452,6 +452,69 @@ def test_the_probabilities_of_an_ldam_run_are_the_softmax_of_its_scaled_logits_w
     assert abs(metrics["ece"] - unscaled) > 0.05, "the data must tell the scaled from the unscaled cosines"
 
 
+def test_a_square_loss_run_is_calibrated_on_its_own_probability_estimate_not_a_softmax(tmp_path):
+    """The square loss regresses ``M`` times the one-hot target: ``z / M``, clipped at 0 and normalized, is its
+    probability estimate; a softmax of outputs near (1, 0, ..., 0) would cap confidence near 0.23."""
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 10, (200,), generator=g)
+    outputs = torch.randn(200, 10, generator=g, dtype=torch.float64) * 0.1  # near the scaled one-hot targets
+    outputs[torch.arange(200), labels] += 2.0 * (torch.rand(200, generator=g, dtype=torch.float64) < 0.8)
+    outputs[199] = -1.0  # nothing above 0: the uniform estimate
+    train = SplitTensors(torch.randn(10, 10, dtype=torch.float64), torch.arange(10))
+    run = _eval_run(tmp_path, calibration_bins=10)
+    metrics, reliability = evaluate_classifier(
+        run,
+        _LogitsModel(10),
+        losses.build("square", m=2.0),
+        torch.device("cpu"),
+        train,
+        SplitTensors(outputs, labels),
+    )
+    z = outputs.float().double()  # the evaluation reads the model's output as float32
+    estimate = (z / 2.0).clamp_min(0)
+    estimate[199] = 0.1
+    estimate = estimate / estimate.sum(dim=1, keepdim=True)
+    assert metrics["ece"] == pytest.approx(
+        expected_calibration_error(estimate, labels, 10, inputs="probs"), abs=1e-12
+    )
+    assert metrics["nll"] == pytest.approx(
+        float(F.nll_loss(estimate.clamp_min(torch.finfo(torch.float64).tiny).log(), labels)), rel=1e-9
+    )
+    assert (
+        reliability["count"] == reliability_diagram_bins(estimate, labels, 10, inputs="probs").count.tolist()
+    )
+    softmax_ece = expected_calibration_error(z, labels, 10, inputs="logits")
+    assert softmax_ece > metrics["ece"] + 0.2, "the data must tell the estimate from the softmax"
+    assert metrics["top1_accuracy"] == pytest.approx(float((z.argmax(dim=1) == labels).double().mean()))
+
+
+def test_train_accuracy_is_top1_on_the_labels_trained_on_and_only_when_asked_for(tmp_path):
+    train, test = _classification_data([30, 30, 30])
+    noisy = SplitTensors(
+        train.images, (train.labels + (torch.arange(90) % 3 == 0).long()) % 3
+    )  # a third flipped
+    metrics, _ = evaluate_classifier(
+        _eval_run(tmp_path / "a", train_accuracy=True),
+        _LogitsModel(3),
+        losses.build("cross_entropy"),
+        torch.device("cpu"),
+        noisy,
+        test,
+    )
+    predicted = noisy.images.float().argmax(dim=1)
+    assert metrics["train_top1_accuracy"] == pytest.approx(float((predicted == noisy.labels).double().mean()))
+    assert metrics["train_top1_accuracy"] != pytest.approx(float((predicted == train.labels).double().mean()))
+    plain, _ = evaluate_classifier(
+        _eval_run(tmp_path / "b"),
+        _LogitsModel(3),
+        losses.build("cross_entropy"),
+        torch.device("cpu"),
+        noisy,
+        test,
+    )
+    assert "train_top1_accuracy" not in plain
+
+
 def test_a_shot_group_without_classes_is_left_out_and_without_shot_groups_there_are_none(tmp_path):
     train, test = _classification_data([50, 30, 12, 12])
     run = _eval_run(tmp_path / "a", shot_groups={"many": 40, "few": 10})
