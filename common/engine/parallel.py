@@ -1,8 +1,9 @@
 """A run stage's independent runs, executed side by side in worker processes.
 
 ``Workers(n, threads)`` executes tasks with ``n`` worker processes (spawned, not forked: a fork after torch
-has started its thread pools can hang), each computing with ``threads`` torch threads; with ``n == 1`` the
-tasks run one after the other in this process, through the same loop. A run's numbers depend on its config
+has started its thread pools can hang), each computing with ``threads`` torch threads; with ``n == 1``, or a
+single task while no worker has started, the tasks run one after the other in this process, through the same
+loop. A run's numbers depend on its config
 and its thread count only, never on ``n``: every task computes with exactly ``threads`` threads, in a worker
 or here.
 
@@ -140,8 +141,8 @@ class Workers:
             self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
             self._pool = None
 
-    def _submit(self, fn: Callable[[Any], Any], task: Any) -> Future:
-        if self.workers == 1:  # here, on the same threads as a worker's
+    def _submit(self, fn: Callable[[Any], Any], task: Any, here: bool) -> Future:
+        if here:  # on the same threads as a worker's
             future: Future = Future()
             try:
                 with torch_threads(self.threads):
@@ -168,6 +169,8 @@ class Workers:
     ) -> None:
         """``fn(task)`` for each task (``fn`` and the tasks must pickle), under a progress bar naming the
         running tasks' ``labels``; raises the first error a task raised."""
+        # One task and no worker started yet: it runs here (a worker would only add its start-up).
+        here = self.workers == 1 or (self._pool is None and len(tasks) == 1)
         queue = list(zip(labels, tasks, strict=True))[::-1]
         running: dict[Future, str] = {}
         errors: list[BaseException] = []
@@ -176,7 +179,7 @@ class Workers:
                 while queue and not errors and len(running) < self.workers:
                     label, task = queue.pop()
                     bar.set_postfix_str(", ".join([*running.values(), label]))
-                    running[self._submit(fn, task)] = label
+                    running[self._submit(fn, task, here)] = label
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -153,3 +153,34 @@ def test_workers_and_threads_default_to_the_machine_and_are_settable(monkeypatch
         parallel.choose(None, None, one_at_a_time=False)
     with pytest.raises(parallel.WorkersError, match="--threads must be a positive integer; got 0"):
         parallel.choose(1, 0, one_at_a_time=False)
+
+
+def _where(_task: int) -> tuple[int, bool, int]:
+    import os
+
+    import torch
+
+    return os.getpid(), parallel.in_worker(), torch.get_num_threads()
+
+
+def test_a_lone_task_runs_here_and_several_run_in_the_workers(monkeypatch):
+    import os
+    from concurrent.futures import Future
+
+    seen = []
+    submit = parallel.Workers._submit
+
+    def record(self, fn, task, here):
+        future: Future = submit(self, fn, task, here)
+        future.add_done_callback(lambda f: seen.append(f.result()))
+        return future
+
+    monkeypatch.setattr(parallel.Workers, "_submit", record)
+    with parallel.Workers(2, 1) as pool:
+        pool.run(_where, [0], ["lone"], "one task", progress=False)
+        assert seen == [(os.getpid(), False, 1)]  # no worker started for one task, on a worker's threads
+        pool.run(_where, [1, 2, 3], ["a", "b", "c"], "three tasks", progress=False)
+        workers = {pid for pid, inside, _ in seen[1:] if inside}
+        assert len(seen) == 4 and len(workers) >= 1 and os.getpid() not in workers
+        pool.run(_where, [4], ["lone, after"], "one task", progress=False)
+        assert seen[-1][1], "once the workers run, a lone task goes to them too"
