@@ -39,6 +39,20 @@ class Claim(BaseModel):
     kind: Literal["superiority", "non_inferiority"] = "superiority"
 
 
+class BudgetCheck(BaseModel):
+    """Is the baseline trained long enough? ``doubled`` is ``baseline`` with twice the training budget (the
+    same seeds, so the difference is paired); the report calls it converged where the 90% interval of the
+    difference lies inside plus or minus ``margin`` (the claims' margin on that metric)."""
+
+    model_config = ConfigDict(extra="forbid")
+    baseline: str
+    doubled: str
+    metric: str
+    margin: float = Field(gt=0)
+    margin_reason: str = Field(min_length=1)
+    datasets: list[str] | None = None  # None: every dataset of the paper
+
+
 class Headline(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str
@@ -81,6 +95,8 @@ class ReportSpec(BaseModel):
     # learning rate, a temperature, the views) stay in the paper's report; the variant named here stands for
     # its method, chosen before the runs, never by its test score.
     leaderboard: list[str] | None = None
+    # Baselines trained again with twice the budget: converged at their data size, or not.
+    budget_checks: list[BudgetCheck] = []
 
 
 class PaperMeta(BaseModel):
@@ -127,6 +143,19 @@ def check_claims(meta: PaperMeta, methods: set[str], datasets: set[str]) -> None
             if dataset not in datasets:
                 raise ConfigError(
                     f"{where}: claim {claim.id!r}: dataset {dataset!r} not in {sorted(datasets)}"
+                )
+    for check in meta.report.budget_checks:
+        for role in ("baseline", "doubled"):
+            name = getattr(check, role)
+            if name not in methods:
+                raise ConfigError(
+                    f"{where}: report.budget_checks: {role} method {name!r} is not in params.yaml "
+                    f"{meta.slug}.methods ({', '.join(sorted(methods))})"
+                )
+        for dataset in check.datasets or []:
+            if dataset not in datasets:
+                raise ConfigError(
+                    f"{where}: report.budget_checks: dataset {dataset!r} not in {sorted(datasets)}"
                 )
     for name in meta.report.leaderboard or []:
         if name not in methods:

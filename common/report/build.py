@@ -24,11 +24,13 @@ from common.params import ConfigError, load_params
 from common.records import read_paper_records
 from common.report import plots
 from common.report.stats import (
+    CONVERGED,
     INCONCLUSIVE,
     MAX_SEEDS,
     RAW_METRICS,
     VERDICTS,
     Interval,
+    convergence_verdict,
     format_interval,
     format_margin,
     judge_claim,
@@ -51,6 +53,7 @@ METRIC_NAMES = {
     "dominant_share_clean": "clean in dominant",
     "dominant_share_noisy": "noisy in dominant",
     "top1_accuracy": "top-1",
+    "train_top1_accuracy": "train top-1",
     "balanced_accuracy": "balanced acc.",
     "accuracy_many": "many-shot",
     "accuracy_medium": "medium-shot",
@@ -264,6 +267,72 @@ def evaluate_claims(meta: PaperMeta, groups: dict, datasets: list[str]) -> list[
     return rows
 
 
+def evaluate_budget_checks(meta: PaperMeta, groups: dict, datasets: list[str]) -> list[dict[str, Any]]:
+    """One row per budget check and dataset: the baseline's metric at its budget and at the doubled one (images
+    seen, from the records), the paired difference and the convergence verdict."""
+    rows = []
+    for check in meta.report.budget_checks:
+        for dataset in check.datasets or datasets:
+            base, doubled = (
+                groups.get((dataset, check.baseline), []),
+                groups.get((dataset, check.doubled), []),
+            )
+            if not base or not doubled:
+                continue
+            d, b = _paired_values(doubled, base, check.metric)
+            verdict, diff, diff90 = convergence_verdict(
+                [x - y for x, y in zip(d, b, strict=True)], check.margin
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "metric": check.metric,
+                    "label": base[0]["label"],
+                    "images": base[0]["budget"]["images"],
+                    "doubled_images": doubled[0]["budget"]["images"],
+                    "baseline": mean_ci(b).__dict__,
+                    "doubled": mean_ci(d).__dict__,
+                    "difference": diff.__dict__,
+                    "difference_90": diff90.__dict__,
+                    "margin": check.margin,
+                    "margin_reason": check.margin_reason,
+                    "verdict": verdict,
+                }
+            )
+    return rows
+
+
+def budget_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: is each checked baseline trained long enough for its claims?"""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Is the baseline trained long enough?",
+        "",
+        "The baseline trained again with twice the budget, on the same seeds: converged where the 90% interval "
+        "of the paired difference (doubled - budget) lies inside ± the margin, still changing where the 95% "
+        "interval lies wholly outside it, else undecided. The training-loss curves are under Figures.",
+        "",
+        "| dataset | method | images seen | metric | at the budget | at twice the budget | difference, 95% | "
+        "difference, 90% | margin | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r["doubled_images"] / r["images"]
+        seen = f"{r['images']:,} vs {r['doubled_images']:,}" + ("" if ratio == 2 else f" (x{ratio:.2f})")
+        verdict = f"**{r['verdict']}**" if r["verdict"] == CONVERGED else r["verdict"]
+        metric = r["metric"]
+        lines.append(
+            f"| {r['dataset']} | {r['label']} | {seen} | {_metric_name(metric)} | "
+            f"{format_interval(metric, r['baseline'])} | {format_interval(metric, r['doubled'])} | "
+            f"{format_interval(metric, r['difference'])} | "
+            f"{format_interval(metric, r['difference_90'])} | "
+            f"± {format_margin(metric, r['margin'])} | {verdict} |"
+        )
+    return lines
+
+
 def verdict_counts(claims: list[dict[str, Any]], source: str) -> dict[str, int]:
     """How many of the checks of ``source`` ("paper" or "ours") got each verdict."""
     return {v: sum(c["verdict"] == v and c["source"] == source for c in claims) for v in VERDICTS}
@@ -469,8 +538,10 @@ def build_report(
             run_ids = ", ".join(f"`{r['provenance']['mlflow_run_id'][:8]}`" for r in members)
             lines.append(f"| {members[0]['label']} | " + " | ".join(cells) + f" | {run_ids} |")
 
+    budget_checks = evaluate_budget_checks(meta, groups, datasets)
     lines += tuning_section(datasets, methods, groups)
     lines += claims_section(claims, f"figures/{slug}/forest.png")
+    lines += budget_section(budget_checks)
 
     if meta.headline:
         lines += ["", "## The paper's headline numbers beside ours", ""]
@@ -512,6 +583,7 @@ def build_report(
         "profile": profile,
         "seeds": seeds,
         "claims": claims,
+        "budget_checks": budget_checks,
         "commits": commits,
         "dirty": dirty,
         "results": leaderboard_rows(groups, datasets, methods, meta.report.leaderboard),

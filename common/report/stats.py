@@ -11,6 +11,10 @@ direction) against its declared margin, the smallest effect of interest:
 
 A non-inferiority claim ("A is comparable to or better than B") is reproduced when the 95% interval's lower end
 lies above -margin and reversed when its upper end lies below -margin (A worse by more than the margin).
+
+A budget check (is a baseline trained long enough?) reads the paired difference "twice the budget - the budget"
+the same way: converged when its 90% interval lies inside (-margin, +margin), still changing when its 95%
+interval lies wholly outside them, else undecided.
 """
 
 from __future__ import annotations
@@ -230,3 +234,22 @@ def below_verdict(low: float, high: float, threshold: float) -> str:
 def spread_verdict(ratio: SpreadRatio) -> str:
     """Verdict on "a varies less than b": whether the interval of sd(a)/sd(b) lies below 1."""
     return below_verdict(ratio.low, ratio.high, 1.0)
+
+
+CONVERGED = "converged"
+STILL_CHANGING = "still changing"
+UNDECIDED = "undecided"
+
+
+def convergence_verdict(differences: Sequence[float], margin: float) -> tuple[str, Interval, Interval]:
+    """``(verdict, 95% interval, 90% interval)`` of the paired differences "doubled budget - budget"."""
+    if not margin > 0:
+        raise ValueError(f"margin must be positive, got {margin}")
+    diff95, diff90 = mean_ci(differences), mean_ci(differences, confidence=0.90)
+    verdict = UNDECIDED
+    if len(differences) >= 2:
+        if -margin < diff90.low and diff90.high < margin:
+            verdict = CONVERGED
+        elif diff95.low > margin or diff95.high < -margin:
+            verdict = STILL_CHANGING
+    return verdict, diff95, diff90

@@ -3,10 +3,10 @@
 import pytest
 
 from common.config import resolve_runs
-from common.paper import check_claims, load_paper
+from common.paper import BudgetCheck, check_claims, load_paper
 from common.params import ConfigError, all_papers
-from common.report.build import evaluate_claims
-from common.report.stats import NO_EFFECT, REPRODUCED, REVERSED
+from common.report.build import budget_section, evaluate_budget_checks, evaluate_claims
+from common.report.stats import CONVERGED, NO_EFFECT, REPRODUCED, REVERSED, STILL_CHANGING
 from tests.conftest import REPO
 
 
@@ -112,3 +112,55 @@ def test_a_claim_without_a_valid_margin_is_refused_naming_the_key(edit, match, t
     (tmp_path / "sam" / "paper.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(ConfigError, match=match):
         load_paper("sam", root=tmp_path)
+
+
+def _budget_records(values, images):
+    return [
+        {"seed": s, "label": "CE", "metrics": {"top1_accuracy": v}, "budget": {"images": images, "steps": 1}}
+        for s, v in enumerate(values)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("doubled", "expected"),
+    [
+        ([0.801, 0.812, 0.798, 0.806, 0.803], CONVERGED),  # +0.1 to +0.3 points, margin 1 point
+        ([0.83, 0.84, 0.825, 0.835, 0.832], STILL_CHANGING),  # +3 points
+        ([0.77, 0.78, 0.772, 0.776, 0.774], STILL_CHANGING),  # longer training hurts by 3 points
+    ],
+)
+def test_a_budget_check_reads_the_paired_difference_against_its_margin(doubled, expected):
+    meta = load_paper("squentropy")
+    meta.report.budget_checks = [
+        BudgetCheck(
+            baseline="cross_entropy",
+            doubled="ce_doubled",
+            metric="top1_accuracy",
+            margin=0.01,
+            margin_reason="r",
+        )
+    ]
+    groups = {
+        ("d", "cross_entropy"): _budget_records([0.80, 0.81, 0.795, 0.804, 0.80], 1000),
+        ("d", "ce_doubled"): _budget_records(doubled, 2000),
+    }
+    (row,) = evaluate_budget_checks(meta, groups, ["d"])
+    assert row["verdict"] == expected
+    assert row["difference"]["mean"] == pytest.approx(
+        sum(doubled) / 5 - (0.80 + 0.81 + 0.795 + 0.804 + 0.80) / 5
+    )
+    lines = budget_section([row])
+    assert "| d | CE | 1,000 vs 2,000 | top-1 |" in "\n".join(lines) and expected in lines[-1]
+
+
+def test_a_budget_check_on_a_missing_method_is_an_error():
+    meta = load_paper("squentropy")
+    meta.report.budget_checks = [
+        BudgetCheck(
+            baseline="cross_entropy", doubled="ce_2x", metric="top1_accuracy", margin=0.01, margin_reason="r"
+        )
+    ]
+    with pytest.raises(
+        ConfigError, match="report.budget_checks: doubled method 'ce_2x' is not in params.yaml"
+    ):
+        check_claims(meta, {"cross_entropy", "squentropy", "square"}, {"fashion_mnist"})

@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 
 from common.report.stats import (
+    CONVERGED,
     INCONCLUSIVE,
     NO_EFFECT,
     REPRODUCED,
     REVERSED,
+    STILL_CHANGING,
+    UNDECIDED,
     Interval,
     below_verdict,
+    convergence_verdict,
     interval_verdict,
     judge_claim,
     mean_ci,
@@ -152,3 +156,31 @@ def test_format_in_percent():
 )
 def test_below_verdict_reads_the_interval_against_the_threshold(low, high, threshold, expected):
     assert below_verdict(low, high, threshold) == expected
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])  # a longer budget that helps, or one that hurts (overfitting)
+def test_a_budget_check_is_converged_inside_the_margin_and_still_changing_beyond_it(sign):
+    margin = 0.01
+    inside = [sign * d for d in (0.002, 0.004, 0.001, 0.003, 0.0025)]
+    verdict, diff95, diff90 = convergence_verdict(inside, margin)
+    assert verdict == CONVERGED and -margin < diff90.low and diff90.high < margin
+    assert diff90.half_width < diff95.half_width
+    beyond = [sign * d for d in (0.03, 0.032, 0.028, 0.031, 0.029)]
+    assert convergence_verdict(beyond, margin)[0] == STILL_CHANGING
+    # significantly above 0 but not beyond the margin: neither converged nor still changing by the rule
+    straddling = [sign * d for d in (0.008, 0.014, 0.006, 0.012, 0.010)]
+    verdict, diff95, _ = convergence_verdict(straddling, margin)
+    low, high = sorted((sign * diff95.low, sign * diff95.high))
+    assert 0 < low < margin < high  # significant, yet the interval reaches inside the margin
+    assert verdict == UNDECIDED
+    assert convergence_verdict([0.001], margin)[0] == UNDECIDED  # one seed decides nothing
+
+
+def test_the_convergence_boundary_is_the_90_percent_interval():
+    # 5 differences whose 90% interval ends just inside the margin while the 95% one crosses it
+    diffs = [0.0, 0.004, 0.008, 0.002, 0.006]
+    _, diff95, diff90 = convergence_verdict(diffs, 1.0)
+    margin = (diff90.high + diff95.high) / 2
+    assert convergence_verdict(diffs, margin)[0] == CONVERGED
+    with pytest.raises(ValueError, match="margin must be positive"):
+        convergence_verdict(diffs, 0.0)
