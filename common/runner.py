@@ -52,7 +52,7 @@ from common.data.transforms import fixed_subset, holdout_indices, long_tailed_in
 from common.engine import parallel
 from common.engine.evaluation import CORRUPTIONS, CorruptedTests, OneShotRuns, SplitTensors
 from common.engine.trainer import fit_and_evaluate, to_model_input
-from common.errors import check_writable_dir, run_command
+from common.errors import UserError, check_writable_dir, run_command
 from common.params import ConfigError
 from common.pipeline import run_code_hash, run_stage
 from common.records import certificate_chain, read_certificates, read_record, record_path, write_record
@@ -372,7 +372,18 @@ def _run_stage(
         labels = [run_name(r.method, r.dataset, r.seed) for _, r, _ in todo]
         pool.run(execute, todo, labels, f"{paper} runs", progress=main)
     accelerator.end_training()  # waits for every rank, then closes the process group before exit
+    changed = sorted(n for n, h in code_hashes.items() if run_code_hash(paper, n, params_path) != h)
+    if changed:  # DVC would lock the stage with the new code, which none of these runs ran
+        raise CodeChangedError(
+            f"{paper}: the code of {', '.join(run_stage(paper, n) for n in changed)} changed while the stage ran; "
+            "its records hold the code they ran (their code_hash), so run the stage again to train with the "
+            "code as it is now"
+        )
     return sorted(planned)
+
+
+class CodeChangedError(UserError, RuntimeError):
+    """The stage's code changed on disk while its runs trained."""
 
 
 @cache

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from common.engine.trainer import NonFiniteLossError
 from common.params import ConfigError
 from common.records import read_paper_records
-from common.runner import run_paper
+from common.runner import CodeChangedError, run_paper
 from tests.conftest import REPO
 
 
@@ -112,6 +112,21 @@ def test_a_code_change_reruns_every_run(tmp_path, tiny_prepared, mlflow_store, m
     assert all(
         after[p]["mlflow_run_id"] != before[p] and after[p]["code_hash"] == "changed-code" for p in after
     )
+
+
+def test_code_changed_while_the_stage_ran_fails_it_so_dvc_does_not_lock_the_new_code(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path)
+    hashes = iter(["code-at-start", "code-at-the-end"])
+    monkeypatch.setattr("common.runner.run_code_hash", lambda *args: next(hashes))
+    with pytest.raises(
+        CodeChangedError, match="run-multi_similarity-fashion_mnist changed while the stage ran"
+    ):
+        run_paper("multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared)
+    records = [json.loads(p.read_text()) for p in Path("records").rglob("seed*.json")]
+    assert records and all(r["provenance"]["code_hash"] == "code-at-start" for r in records)
 
 
 def test_a_nan_loss_stops_the_run_and_marks_it_failed(tmp_path, tiny_prepared, mlflow_store, monkeypatch):
