@@ -29,7 +29,8 @@ def sections(context: ReportContext) -> list[str]:
     ]
     for dataset in context.datasets:
         ours = [r["metrics"][METRIC] for r in context.groups.get((dataset, "squentropy"), [])]
-        for method in context.methods:
+        doubled = {check.doubled for check in context.meta.report.budget_checks}  # the budget check's
+        for method in (m for m in context.methods if m not in doubled):
             members = context.groups.get((dataset, method), [])
             values = [r["metrics"][METRIC] for r in members]
             if len(values) < 2:

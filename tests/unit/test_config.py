@@ -229,7 +229,7 @@ def test_the_lr_schedules_follow_their_formulas():
 def test_a_run_without_the_later_settings_keeps_its_config_and_hash():
     """``lr_schedule`` and ``eval.train_accuracy`` came after the first records: unset, they are not in the
     config a record holds."""
-    run = resolve_runs("sam", REPO / "params.yaml", "cpu")[0]
+    run = resolve_runs("multi_similarity", REPO / "params.yaml", "cpu")[0]
     assert "lr_schedule" not in run.model_dump(mode="json")
     assert "train_accuracy" not in run.model_dump(mode="json")["eval"]
     measured = RunConfig.model_validate({**run.model_dump(mode="json"), "eval": {"train_accuracy": True}})
