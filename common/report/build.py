@@ -495,7 +495,8 @@ def build_report(
     plots.forest_plot(forest_rows(claims), figures / "forest.png")
     seeds = sorted({r["seed"] for r in records})
     first = runs[0]
-    shared, varied = _shared_setup(runs, groups)
+    doubled = {check.doubled for check in meta.report.budget_checks}  # a longer budget by design
+    shared, varied = _shared_setup([r for r in runs if r.method not in doubled], groups)
     tuned = (
         "; each method's hyper-parameters picked on held-out training data (see below)"
         if any("tuning" in r for r in records)
