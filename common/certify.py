@@ -105,11 +105,14 @@ def certify_stage(
     commit: str | None,
     records_root: Path = RECORDS_ROOT,
     size: int = SAMPLE_SIZE,
+    machine: str | None = None,
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """Rerun a sample of the stage's records with ``rerun(record, scratch_dir) -> new record`` and compare.
 
     Returns the certificate (also appended to the stage's certificates) when every sampled record is
-    identical, else None and the differences."""
+    identical, else None and the differences. Only on the kind of machine that computed the records
+    (``machine``: this one's ``hardware()`` by default): another CPU picks other kernels, and its floating-point
+    sums differ in the last bits whatever the code, so nothing could be certified there."""
     stage_dir = records_root / paper / dataset
     other = _code_only(reasons)
     if other:
@@ -130,6 +133,19 @@ def certify_stage(
             "stage with `dvc repro`"
         )
     (from_hash,) = froms
+    if machine is None:
+        from common.tracking.provenance import hardware
+
+        machine = hardware()
+    computed_on = sorted(
+        {r["provenance"]["hardware"] for r in records.values() if "hardware" in r["provenance"]}
+    )
+    if computed_on and computed_on != [machine]:
+        raise ConfigError(
+            f"run-{paper}-{dataset}: its records were computed on {', '.join(computed_on)}, this machine is "
+            f"{machine}: another CPU's floating-point sums differ in the last bits whatever the code, so the "
+            "change can only be certified on the machine kind that made them; rerun the stage with `dvc repro`"
+        )
     if from_hash == code_hash:
         raise ConfigError(f"{stage_dir}: its records are already those of the current code ({code_hash})")
     checked, differences = [], []

@@ -143,3 +143,18 @@ def test_records_of_mixed_code_must_rerun(stage):
     path.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="made by different code"):
         certify_stage("p", "d", CODE_CHANGE, lambda r, s: r, "new", None, records_root=stage)
+
+
+def test_records_of_another_machine_cannot_be_certified_here(stage):
+    for path in (stage / "p" / "d" / "m").glob("seed*.json"):
+        record = json.loads(path.read_text())
+        record["provenance"]["hardware"] = "2 x AMD EPYC"
+        path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="computed on 2 x AMD EPYC, this machine is 2 x Intel"):
+        certify_stage(
+            "p", "d", CODE_CHANGE, lambda r, s: r, "new", None, records_root=stage, machine="2 x Intel"
+        )
+    certificate, _ = certify_stage(
+        "p", "d", CODE_CHANGE, lambda r, s: r, "new", None, records_root=stage, machine="2 x AMD EPYC"
+    )
+    assert certificate is not None
