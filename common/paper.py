@@ -131,32 +131,19 @@ def load_paper(slug: str, root: Path = PAPERS_ROOT) -> PaperMeta:
 def check_claims(meta: PaperMeta, methods: set[str], datasets: set[str]) -> None:
     """Every claim and headline names methods and datasets that the paper's params section has."""
     where = f"papers/{meta.slug}/paper.yaml"
-    for claim in meta.claims:
-        for role in ("better", "worse"):
-            name = getattr(claim, role)
+    named = [(f"claim {c.id!r}", c, ("better", "worse")) for c in meta.claims]
+    named += [("report.budget_checks", c, ("baseline", "doubled")) for c in meta.report.budget_checks]
+    for what, item, roles in named:
+        for role in roles:
+            name = getattr(item, role)
             if name not in methods:
                 raise ConfigError(
-                    f"{where}: claim {claim.id!r}: {role} method {name!r} is not in params.yaml "
+                    f"{where}: {what}: {role} method {name!r} is not in params.yaml "
                     f"{meta.slug}.methods ({', '.join(sorted(methods))})"
                 )
-        for dataset in claim.datasets or []:
+        for dataset in item.datasets or []:
             if dataset not in datasets:
-                raise ConfigError(
-                    f"{where}: claim {claim.id!r}: dataset {dataset!r} not in {sorted(datasets)}"
-                )
-    for check in meta.report.budget_checks:
-        for role in ("baseline", "doubled"):
-            name = getattr(check, role)
-            if name not in methods:
-                raise ConfigError(
-                    f"{where}: report.budget_checks: {role} method {name!r} is not in params.yaml "
-                    f"{meta.slug}.methods ({', '.join(sorted(methods))})"
-                )
-        for dataset in check.datasets or []:
-            if dataset not in datasets:
-                raise ConfigError(
-                    f"{where}: report.budget_checks: dataset {dataset!r} not in {sorted(datasets)}"
-                )
+                raise ConfigError(f"{where}: {what}: dataset {dataset!r} not in {sorted(datasets)}")
     for name in meta.report.leaderboard or []:
         if name not in methods:
             raise ConfigError(
