@@ -11,20 +11,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from common.losses.prototypical import prototype_logits
-from common.samplers.episodic import EpisodicBatchSampler
+from common.losses.prototypical import PROTOTYPE_DISTANCES, prototype_logits
+from common.samplers.episodic import EpisodicBatchSampler, episode_targets
 
 
-def _accuracy(
-    query: torch.Tensor,
-    query_labels: torch.Tensor,
-    support: torch.Tensor,
-    support_labels: torch.Tensor,
-    distance: str,
-) -> torch.Tensor:
-    logits, classes = prototype_logits(query, support, support_labels, distance)
-    return (classes[logits.argmax(dim=1)] == query_labels).double().mean()
+EPISODE_CHUNK = 250  # episodes scored in one batched pass (20-way 15-query: about 20 MB of queries)
 
 
 @torch.no_grad()
@@ -38,17 +31,32 @@ def episode_accuracies(
     distance: str,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Accuracy of each of ``episodes`` N-way K-shot Q-query episodes, ``(episodes,)`` float64."""
+    """Accuracy of each of ``episodes`` N-way K-shot Q-query episodes, ``(episodes,)`` float64.
+
+    The episodes are the episodic sampler's (seed ``seed``); they are scored in batches of
+    ``EPISODE_CHUNK``: the prototypes are the means of each way's K support embeddings, each query goes to
+    the way of the nearest prototype (:func:`common.losses.prototypical.prototype_logits`'s scores, batched;
+    a tie goes to the earlier way of the episode)."""
+    if distance not in PROTOTYPE_DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(PROTOTYPE_DISTANCES)}; got {distance!r}")
     sampler = EpisodicBatchSampler(
         labels, n_way=ways, k_shot=shots, q_query=queries, batches_per_epoch=episodes, seed=seed
     )
+    rows = torch.tensor(list(sampler), device=embeddings.device)  # (episodes, ways * (shots + queries))
+    _, query_ways = episode_targets(ways, shots, queries, device=embeddings.device)
     accuracies = []
-    for episode in sampler:
-        support, query = sampler.split_batch(torch.tensor(episode))
-        accuracies.append(
-            _accuracy(embeddings[query], labels[query], embeddings[support], labels[support], distance)
-        )
-    return torch.stack(accuracies)
+    for chunk in rows.split(EPISODE_CHUNK):
+        # an episode's rows: the support way by way, then the queries way by way (split_episode's order)
+        support, query = chunk[:, : ways * shots], chunk[:, ways * shots :]
+        prototypes = embeddings[support].view(len(chunk), ways, shots, -1).mean(dim=2)
+        query_embeddings = embeddings[query]  # (chunk, ways * queries, dim)
+        if distance == "cosine":
+            scores = F.normalize(query_embeddings, dim=2) @ F.normalize(prototypes, dim=2).transpose(1, 2)
+        else:
+            scores = -torch.cdist(query_embeddings, prototypes).square()
+        correct = scores.argmax(dim=2) == query_ways
+        accuracies.append(correct.double().mean(dim=1))
+    return torch.cat(accuracies)
 
 
 def few_shot_metrics(

@@ -8,7 +8,10 @@ import torch
 
 from common.config import engine_loss_kwargs
 from common.engine.evaluation import dominant_subcenter_shares, optional_modules, similarity_histograms
+from common.engine import few_shot
 from common.engine.few_shot import episode_accuracies, few_shot_metrics, one_shot_run_error
+from common.losses.prototypical import prototype_logits
+from common.samplers.episodic import EpisodicBatchSampler
 
 
 def _clusters(num_classes: int, per_class: int, spread: float, seed: int = 0):
@@ -25,6 +28,30 @@ def test_separated_classes_are_always_right_and_noise_is_at_chance(distance):
     noise = torch.randn_like(x)
     accuracy = float(episode_accuracies(noise, labels, 5, 1, 15, 400, distance).mean())
     assert abs(accuracy - 0.2) < 0.03
+
+
+def _episode_loop(embeddings, labels, ways, shots, queries, episodes, distance):
+    """Oracle: one episode at a time, the sampler's episodes, the loss's prototype scores."""
+    sampler = EpisodicBatchSampler(
+        labels, n_way=ways, k_shot=shots, q_query=queries, batches_per_epoch=episodes, seed=0
+    )
+    accuracies = []
+    for episode in sampler:
+        support, query = sampler.split_batch(torch.tensor(episode))
+        logits, classes = prototype_logits(embeddings[query], embeddings[support], labels[support], distance)
+        accuracies.append((classes[logits.argmax(dim=1)] == labels[query]).double().mean())
+    return torch.stack(accuracies)
+
+
+@pytest.mark.parametrize("distance", ["squared_euclidean", "cosine"])
+@pytest.mark.parametrize(("ways", "shots"), [(5, 1), (5, 5), (20, 1)])
+def test_batched_episodes_score_exactly_as_one_episode_at_a_time(distance, ways, shots, monkeypatch):
+    monkeypatch.setattr(few_shot, "EPISODE_CHUNK", 7)  # several chunks, the last one short
+    x, labels = _clusters(30, 20, spread=6.0)
+    batched = episode_accuracies(x, labels, ways, shots, 15, 40, distance)
+    looped = _episode_loop(x, labels, ways, shots, 15, 40, distance)
+    assert 0.3 < float(looped.mean()) < 0.99, "errors to get right, and wrong"
+    assert torch.equal(batched, looped)
 
 
 def test_episodes_are_the_same_for_every_call_and_the_interval_is_1_96_standard_errors():
