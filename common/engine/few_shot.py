@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from common.losses.prototypical import PROTOTYPE_DISTANCES, prototype_logits
 from common.samplers.episodic import EpisodicBatchSampler, episode_targets
 
-
 EPISODE_CHUNK = 250  # episodes scored in one batched pass (20-way 15-query: about 20 MB of queries)
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from common.config import engine_loss_kwargs
-from common.engine.evaluation import dominant_subcenter_shares, optional_modules, similarity_histograms
 from common.engine import few_shot
+from common.engine.evaluation import dominant_subcenter_shares, optional_modules, similarity_histograms
 from common.engine.few_shot import episode_accuracies, few_shot_metrics, one_shot_run_error
 from common.losses.prototypical import prototype_logits
 from common.samplers.episodic import EpisodicBatchSampler
