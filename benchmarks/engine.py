@@ -8,9 +8,9 @@ median are printed. All on the prepared Fashion-MNIST (``data/prepared/fashion_m
 
 1. **Trainer against a bare loop.** Training images/s of ``common.engine.trainer.fit_and_evaluate`` on the
    squentropy paper's ``cross_entropy`` run (params.yaml, profile ``cpu``, seed 0: conv4 + linear classifier,
-   batch 128, SGD, params.yaml's training subset) with ``augment: none``, a constant learning rate and
-   ``Accelerator(cpu=True)``, against a loop written here with the same model, batch size, data (``common.runner.load_run_data``: standardized
-   tensors), SGD hyper-parameters and cross-entropy. Both on 1 torch thread; only the training epochs count
+   batch 128, SGD, params.yaml's training subset; 8 epochs of 31 batches) with ``augment: none``, a constant
+   learning rate and ``Accelerator(cpu=True)``, against a loop written here with the same model, batch size,
+   data (``common.runner.load_run_data``: standardized tensors), SGD hyper-parameters and cross-entropy. Both on 1 torch thread; only the training epochs count
    (the trainer's ``history[i]["epoch_seconds"]`` and ``["images"]``; the loop times its own epochs). Goal:
    trainer / bare >= 0.95. The trainer with ``augment: shift`` (the repo's default augmentation) is a row of
    its own, so the cost of the shift shows.
@@ -30,7 +30,7 @@ median are printed. All on the prepared Fashion-MNIST (``data/prepared/fashion_m
    run. The cold data load of a worker's first run is printed beside it.
 
 ``--quick`` shrinks every size (epochs, batches, evaluated images) and defaults to 1 repeat, to check the
-script in under a minute: its numbers say nothing about the goals. Without it, about 15 minutes on 2 cores.
+script in under a minute: its numbers say nothing about the goals. Without it, about 10 minutes on 2 cores with ``--repeats 2``.
 While measuring, the run stage prints its plan lines and progress bars (stderr); the table comes at the end.
 Run it on a quiet machine: other jobs on the cores disturb the workers' and threads' rows most.
 """
@@ -84,7 +84,7 @@ TRAINER_GOAL, WORKERS_GOAL, OUTSIDE_GOAL = 0.95, 1.7, 0.10
 class Sizes:
     """The budgets of the three sections: ``None`` keeps params.yaml's (the cpu profile)."""
 
-    trainer_epochs: int | None  # section 1 (cpu profile: 5 epochs of 40 batches)
+    trainer_epochs: int | None  # section 1
     trainer_batches: int | None
     stage_epochs: int  # section 2: each of the 8 runs
     stage_batches: int
@@ -93,7 +93,7 @@ class Sizes:
     eval_items: int | None  # test images evaluated (None: all 10,000)
 
 
-FULL = Sizes(None, None, 4, 31, None, None, None)
+FULL = Sizes(8, 31, 4, 31, None, None, None)
 QUICK = Sizes(2, 4, 1, 3, 1, 4, 500)
 
 
