@@ -22,7 +22,7 @@ def test_every_paper_loads_and_its_claims_name_its_methods():
 def test_a_claim_on_a_missing_method_is_an_error():
     meta = load_paper("multi_similarity")
     with pytest.raises(ConfigError, match="worse method 'contrastive' is not in params.yaml"):
-        check_claims(meta, {"multi_similarity", "triplet", "ms_no_mining", "ms_official_code"}, {"omniglot"})
+        check_claims(meta, {"multi_similarity", "triplet", "ms_no_mining", "ms_paper_text"}, {"omniglot"})
 
 
 def test_a_leaderboard_method_must_be_one_of_the_papers():
