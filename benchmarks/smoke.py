@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         smoke_copy(repo)
         prepare = dvc(repo, "repro", "prepare-fashion_mnist", "prepare-omniglot")
+        workers = args.workers or "the default"
         print(
-            f"# {os.cpu_count()} CPUs, {platform_line()}; smoke profile through `dvc repro`, one paper at a time"
+            f"# {os.cpu_count()} CPUs, {platform_line()}; smoke profile, `dvc repro` a paper, {workers} workers"
         )
         print(f"{'data (both datasets, once)':<28} {prepare:7.1f} s")
         print(f"{'paper':<28} {'runs':>5} {'trials':>6} {'seconds':>8} {'of 60 s':>8}")
