@@ -61,6 +61,7 @@ def smoke_copy(target: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     from common.config import resolve_runs, resolve_trials
     from common.params import all_papers
+    from common.tracking.provenance import hardware
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,9 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         smoke_copy(repo)
         prepare = dvc(repo, "repro", "prepare-fashion_mnist", "prepare-omniglot")
         workers = args.workers or "the default"
-        print(
-            f"# {os.cpu_count()} CPUs, {platform_line()}; smoke profile, `dvc repro` a paper, {workers} workers"
-        )
+        print(f"# {hardware()}; smoke profile, `dvc repro` a paper, {workers} workers")
         print(f"{'data (both datasets, once)':<28} {prepare:7.1f} s")
         print(f"{'paper':<28} {'runs':>5} {'trials':>6} {'seconds':>8} {'of 60 s':>8}")
         total = 0.0
@@ -95,26 +94,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def platform_line() -> str:
-    import platform
-
-    import torch
-
-    model = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor() or platform.machine(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.machine()
-    )
-    return f"{model}, torch {torch.__version__}"
 
 
 if __name__ == "__main__":
