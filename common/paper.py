@@ -91,9 +91,10 @@ class ReportSpec(BaseModel):
         FIGURES
     )
     dataset_notes: dict[str, str] = {}
-    # The methods that stand for the paper on the cross-paper leaderboards (None: all). A grid's variants (of a
-    # learning rate, a temperature, the views) stay in the paper's report; the variant named here stands for
-    # its method, chosen before the runs, never by its test score.
+    # The methods that stand for the paper on the cross-paper leaderboards (None: all but the budget checks'
+    # doubled runs, which are never on them). A grid's variants (of a learning rate, a temperature, the views)
+    # stay in the paper's report; the variant named here stands for its method, chosen before the runs, never
+    # by its test score.
     leaderboard: list[str] | None = None
     # Baselines trained again with twice the budget: converged at their data size, or not.
     budget_checks: list[BudgetCheck] = []

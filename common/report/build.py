@@ -587,7 +587,9 @@ def build_report(
         "budget_checks": budget_checks,
         "commits": commits,
         "dirty": dirty,
-        "results": leaderboard_rows(groups, datasets, methods, meta.report.leaderboard),
+        "results": leaderboard_rows(
+            groups, datasets, methods, [m for m in meta.report.leaderboard or methods if m not in doubled]
+        ),
     }
     (reports_root / f"{slug}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return report_path
@@ -639,6 +641,15 @@ def leaderboard_rows(
                     "test_items": config["eval"]["max_items"],
                     "readout": _readout(config),
                     "tuned": any("tuning" in r for r in members),
+                    # what trains the method, so that two papers' identical runs make one row
+                    "setup": json.dumps(
+                        {
+                            k: v
+                            for k, v in config.items()
+                            if k not in ("paper", "method", "label", "seed", "eval")
+                        },
+                        sort_keys=True,
+                    ),
                     "shown": shown is None or method in shown,
                     "metrics": {
                         m: vars(mean_ci([r["metrics"][m] for r in members]))
@@ -682,7 +693,8 @@ def _leaderboard(summaries: list[dict], profile: str) -> list[str]:
             'interval over seeds, in %. As in Musgrave et al., "A Metric Learning Reality Check" (ECCV 2020): '
             "compare rows as numbers only within a table, and where backbone and sampler match. A paper's "
             "variants of one method (a grid over learning rates, temperatures, views) stay in its report; the "
-            "variant it declares stands for the method here.",
+            "variant it declares stands for the method here. Two papers' runs of one setup (everything that trains "
+            "them equal, and so their numbers) make one row.",
         ]
         for key in sorted(tables, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
             dataset, items, images, tuned, readout = key
@@ -698,11 +710,15 @@ def _leaderboard(summaries: list[dict], profile: str) -> list[str]:
             lines += ["", f"### {dataset}: {', '.join(what)}", "", *([note, ""] if note else [])]
             lines.append("| # | method | paper | backbone | training | " + " | ".join(names) + " |")
             lines.append("|---|---|---|---|---|" + "---|" * len(names))
-            ranked = sorted(tables[key], key=lambda sr: -sr[1]["metrics"][metrics[0]]["mean"])
-            for rank, (s, row) in enumerate(ranked, 1):
+            merged: dict[tuple[str, str], tuple[dict, list[str]]] = {}  # one row for two papers' same runs
+            for s, row in tables[key]:
+                same = (row["setup"], json.dumps(row["metrics"], sort_keys=True))
+                merged.setdefault(same, (row, []))[1].append(f"[{s['slug']}]({s['slug']}.md)")
+            ranked = sorted(merged.values(), key=lambda rp: -rp[0]["metrics"][metrics[0]]["mean"])
+            for rank, (row, papers) in enumerate(ranked, 1):
                 cells = [Interval(**row["metrics"][m]).format() for m in metrics]
                 lines.append(
-                    f"| {rank} | {row['label']} | [{s['slug']}]({s['slug']}.md) | {row['backbone']} "
+                    f"| {rank} | {row['label']} | {', '.join(papers)} | {row['backbone']} "
                     f"| {row['training']} | " + " | ".join(cells) + " |"
                 )
     return lines

@@ -181,3 +181,42 @@ def test_forest_rows_are_in_units_of_the_margin():
     assert row["label"] == "p: a (d)" and row["ours"]
     assert (row["mean"], row["low95"], row["high95"]) == pytest.approx((3.0, 2.0, 4.0))
     assert (row["low90"], row["high90"]) == pytest.approx((2.2, 3.8))
+
+
+def test_a_budget_checks_doubled_run_is_never_on_the_leaderboard(tmp_path):
+    """It trains twice the budget by design: a convergence check, not a method of the paper."""
+    from pathlib import Path
+
+    from common.paper import load_paper
+    from common.report.build import build_report
+
+    repo = Path(__file__).resolve().parents[2]
+    build_report("multi_similarity", repo / "records", tmp_path, repo / "params.yaml")
+    rows = json.loads((tmp_path / "multi_similarity.json").read_text())["results"]
+    doubled = {check.doubled for check in load_paper("multi_similarity").report.budget_checks}
+    assert doubled and {r["method"] for r in rows} >= doubled
+    assert {r["method"]: r["shown"] for r in rows} == {r["method"]: r["method"] not in doubled for r in rows}
+
+
+def test_two_papers_identical_runs_make_one_row_and_differing_ones_stay_apart(tmp_path, params):
+    same = [
+        _record("Normalized softmax", 0, 0.6, 0.3, loss="normface"),
+        _record("Normalized softmax", 1, 0.7, 0.4, loss="normface"),
+    ]
+    other = [_record("Triplet", 0, 0.5, 0.2, loss="triplet"), _record("Triplet", 1, 0.5, 0.2, loss="triplet")]
+    for slug in ("first", "second"):
+        groups = {("omniglot", "softmax"): same, ("omniglot", "triplet"): other}
+        (tmp_path / f"{slug}.json").write_text(
+            json.dumps(_summary(slug, groups, ["omniglot"], ["softmax", "triplet"]))
+        )
+    lr = [dict(r, config={**r["config"], "optimizer": {"name": "adam", "lr": 0.01}}) for r in other]
+    third = {("omniglot", "triplet"): lr}  # same metrics, another learning rate: another setup
+    (tmp_path / "third.json").write_text(json.dumps(_summary("third", third, ["omniglot"], ["triplet"])))
+
+    (rows,) = _tables(build_index(tmp_path, params).read_text(), "retrieval").values()
+
+    assert [(row[1], row[2]) for row in rows] == [
+        ("Normalized softmax", "[first](first.md), [second](second.md)"),
+        ("Triplet", "[first](first.md), [second](second.md)"),
+        ("Triplet", "[third](third.md)"),
+    ]
