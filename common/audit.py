@@ -10,6 +10,9 @@ against the current checkout:
 - data: the run's data fingerprint equals that of ``data/prepared/<dataset>`` (when it is present);
 - lock: ``dvc.lock`` has the stage, and ``dvc status`` reports no change behind it;
 - report: the report names the run;
+- rebuild: the report and its summary, built again from the committed records, are what is committed, line
+  for line (an edited or deleted record changes a cell, or a run the report names; ``rebuilt_differences``,
+  which ``repro check-reports`` runs for every paper and the index);
 - MLflow: the run exists in the tracking store with the same tags (when the store has it; a clean clone has
   no store, which the audit says plainly instead of failing). A store filled by ``repro mirror`` holds a copy
   under a new id, tagged ``original_run_id``: it is accepted only if it is finished and its run name, tags,
@@ -20,13 +23,18 @@ Exit status 0 when everything matches, 1 on any drift or missing run.
 
 from __future__ import annotations
 
+import difflib
 import json
+import shutil
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from common.config import expected_config, load_paper_section, resolve_runs
+from common.params import ConfigError, all_papers
 from common.pipeline import report_stage, run_code_hash, run_stage
 from common.records import certificate_chain, read_certificates, read_paper_records
 from common.staleness import stale_stages
@@ -83,6 +91,56 @@ def _unreachable_server() -> str | None:
     except TrackingStoreError as err:
         return str(err)
     return None
+
+
+def _line_differences(committed: Path, rebuilt: Path, limit: int) -> list[str]:
+    if not committed.is_file():
+        return [f"{committed}: missing (the rebuild writes it)"]
+    old, new = committed.read_text().splitlines(), rebuilt.read_text().splitlines()
+    found = []
+    for line in difflib.unified_diff(old, new, lineterm="", n=0):
+        if line.startswith(("---", "+++", "@@")):
+            continue
+        side = "committed" if line.startswith("-") else "rebuilt"
+        text = line[1:].strip()
+        found.append(f"{committed}: {side}: {text[:200]}{'...' if len(text) > 200 else ''}")
+    return found[:limit]
+
+
+def rebuilt_differences(
+    slugs: Iterable[str] | None = None,
+    records_root: Path = Path("records"),
+    reports_root: Path = Path("reports"),
+    params_path: Path = Path("params.yaml"),
+    index: bool = False,
+    limit: int = 6,
+) -> list[str]:
+    """Build the reports of ``slugs`` (default: every paper) again from ``records_root`` in a scratch folder and
+    compare them, line by line, with the committed ``reports_root/<slug>.md`` and ``.json`` (and, with
+    ``index``, ``README.md`` built from the rebuilt summaries): the differing lines, at most ``limit`` a file;
+    empty when every table, verdict and named run is what the records give. Figures are not compared (their
+    bytes vary with the plotting library); their numbers are the tables'."""
+    from common.report.build import build_index, build_report
+
+    slugs = list(slugs) if slugs is not None else all_papers()
+    found: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="rebuilt-reports-") as scratch:
+        rebuilt_root = Path(scratch)
+        for slug in slugs:
+            try:
+                build_report(slug, records_root, rebuilt_root, params_path)
+            except ConfigError as err:
+                found.append(f"{reports_root / slug}.md: cannot be rebuilt from {records_root}/{slug}: {err}")
+                continue
+            for name in (f"{slug}.md", f"{slug}.json"):
+                found += _line_differences(reports_root / name, rebuilt_root / name, limit)
+        if index and not found:
+            for slug in set(all_papers()) - set(slugs):  # the index reads every paper's summary
+                if (reports_root / f"{slug}.json").is_file():
+                    shutil.copy2(reports_root / f"{slug}.json", rebuilt_root)
+            build_index(rebuilt_root, params_path)
+            found += _line_differences(reports_root / "README.md", rebuilt_root / "README.md", limit)
+    return found
 
 
 def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str = "dvc") -> AuditResult:
@@ -196,6 +254,8 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
         result.lines.append(f"{stage} in dvc.lock: {hashes}")
         if stage in stale:
             result.problems.append(f"{stage}: {'; '.join(stale[stage])}")
+    for difference in rebuilt_differences([slug], reports_root=report.parent, params_path=params_path):
+        result.problems.append(f"rebuilt from the records: {difference}")
     summary = Path("reports") / f"{slug}.json"
     if summary.is_file():
         commits = json.loads(summary.read_text()).get("commits", [])

@@ -10,7 +10,7 @@
     repro index                      reports/README.md (python -m common.report.build --index)
     repro dvc-yaml [--check]         write dvc.yaml: every stage with exactly the code it imports
     repro audit REPORT               trace a report's numbers to runs, commits, stages; flag drift
-    repro check-reports              fail if a committed report is stale (CI runs it)
+    repro check-reports              fail if a committed report is stale or differs from its records (CI)
     repro certify [STAGE ...]        show a code change leaves run stages' numbers as they are; re-lock them
     repro mirror [PAPER ...]         fill the MLflow store from the committed run records (a fresh clone)
 
@@ -106,7 +106,20 @@ def _check_reports(args: argparse.Namespace) -> None:
             + "\n".join(lines)
             + "\nrerun `dvc repro` and commit records/, reports/ and dvc.lock"
         )
-    print("reports are current: no stage has changed code, params or outputs since dvc.lock")
+    from common.audit import rebuilt_differences
+
+    differences = rebuilt_differences(index=True)
+    if differences:
+        raise ConfigError(
+            "the committed reports differ from the reports the committed records give:\n"
+            + "\n".join(f"  {d}" for d in differences)
+            + "\nwas a record edited or deleted? rerun the stages with `dvc repro` (delete the paper's records "
+            "and checkpoints to train from scratch), or rebuild the reports if the records are right"
+        )
+    print(
+        "reports are current: no stage has changed code, params or outputs since dvc.lock, and every report "
+        "rebuilds from the records line for line"
+    )
 
 
 def _audit(args: argparse.Namespace) -> None:
@@ -161,7 +174,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("report", help="e.g. reports/multi_similarity.md")
     p.set_defaults(func=_audit)
 
-    p = sub.add_parser("check-reports", help="fail if a committed report is stale against the code or params")
+    p = sub.add_parser(
+        "check-reports",
+        help="fail if a committed report is stale against the code or params, or differs from its records",
+    )
     p.set_defaults(func=_check_reports)
 
     p = sub.add_parser(

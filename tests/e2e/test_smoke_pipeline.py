@@ -228,3 +228,15 @@ def test_audit_traces_every_run_and_flags_drift(smoke_repo):
     assert drifted.returncode == 1
     assert "omniglot/triplet/seed0: params drifted" in drifted.stderr
     assert "omniglot/contrastive/seed0: params drifted" not in drifted.stderr
+
+    record = repo / "records" / "multi_similarity" / "omniglot" / "triplet" / "seed0.json"
+    original = record.read_text()
+    try:  # a metric edited in a record: the report's cell no longer follows from the records
+        edited = json.loads(original)
+        edited["metrics"]["recall_at_1"] += 0.1
+        record.write_text(json.dumps(edited, indent=1))
+        tampered = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        record.write_text(original)
+    assert tampered.returncode == 1
+    assert "rebuilt from the records: reports/multi_similarity.md: committed: | Triplet" in tampered.stderr
