@@ -30,7 +30,8 @@ median are printed. All on the prepared Fashion-MNIST (``data/prepared/fashion_m
    run. The cold data load of a worker's first run is printed beside it.
 
 ``--quick`` shrinks every size (epochs, batches, evaluated images) and defaults to 1 repeat, to check the
-script in under a minute: its numbers say nothing about the goals. Without it, about 10 minutes on 2 cores with ``--repeats 2``.
+script in under a minute: its numbers say nothing about the goals. Without it, 7.8 minutes on 2 quiet cores with
+``--repeats 2`` (session 13).
 While measuring, the run stage prints its plan lines and progress bars (stderr); the table comes at the end.
 Run it on a quiet machine: other jobs on the cores disturb the workers' and threads' rows most.
 """

@@ -35,10 +35,9 @@ rounding difference step by step, so the 2-thread row is the yardstick: it chang
 
 ``--quick`` (5 warm-up and 3 timed steps, 2,048 evaluated images, 1 repeat) checks that the script works: its
 numbers mean nothing. It took about 30 s on 2 cores with a warm compile cache; a machine's first, cold
-compiles add about 1.5 minutes (measured with other jobs on the cores). The full run is sized for about 5
-minutes on 2 quiet cores (estimated from quick-run step times: training about 2 minutes, evaluation 1-1.5,
-warm-up and cold compiles about 1.5; not yet timed). Run it on a quiet machine: the 2-thread rows suffer most
-from other jobs.
+compiles add about 1.5 minutes (measured with other jobs on the cores). The full run with ``--repeats 3`` took
+3.6 minutes on 2 quiet cores with a cold compile cache (session 13; numbers in ``benchmarks/README.md``). Run it
+on a quiet machine: the 2-thread rows suffer most from other jobs.
 """
 
 from __future__ import annotations
