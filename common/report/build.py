@@ -504,6 +504,11 @@ def build_report(
     )
 
     raw = [_metric_name(m) for m in meta.report.table if m in RAW_METRICS]
+    compared, checks = [m for m in methods if m not in doubled], [m for m in methods if m in doubled]
+
+    def label(method: str) -> str:
+        return groups[(datasets[0], method)][0]["label"]
+
     units = "in %" + (f" ({', '.join(raw)} as they are)" if raw else "")
     lines = [
         f"# {meta.title}",
@@ -513,9 +518,15 @@ def build_report(
         "",
         "## Summary",
         "",
-        f"{meta.summary} We trained {len(methods)} methods ({', '.join(groups[(datasets[0], m)][0]['label'] for m in methods)}) "
+        f"{meta.summary} We trained {len(compared)} methods ({', '.join(label(m) for m in compared)}) "
         f"with the same backbone ({first.model.name}, {', '.join(f'{k}={v}' for k, v in first.model.kwargs.items())})"
-        f"{shared} on {', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`{tuned}{varied}. "
+        f"{shared} on {', '.join(datasets)}, {len(seeds)} seeds each, profile `{profile}`{tuned}{varied}"
+        + (
+            f"; and, as a budget check, {', '.join(label(m) for m in checks)}, on the same seeds"
+            if checks
+            else ""
+        )
+        + ". "
         f"{_counts_text(claims)} {meta.scale_note}",
         "",
         "## Results",
