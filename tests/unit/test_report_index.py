@@ -196,6 +196,13 @@ def test_a_budget_checks_doubled_run_is_never_on_the_leaderboard(tmp_path):
     doubled = {check.doubled for check in load_paper("multi_similarity").report.budget_checks}
     assert doubled and {r["method"] for r in rows} >= doubled
     assert {r["method"]: r["shown"] for r in rows} == {r["method"]: r["method"] not in doubled for r in rows}
+    # nor is it one of the methods the summary says share the budget: it is named as the check it is
+    summary = (tmp_path / "multi_similarity.md").read_text().split("## Summary")[1].split("## ")[0]
+    assert (
+        "We trained 5 methods (MS, MS without mining, Contrastive, Triplet (semi-hard), MS (the paper"
+        in summary
+    )
+    assert "; and, as a budget check, Contrastive, twice the epochs, on the same seeds." in summary
 
 
 def test_two_papers_identical_runs_make_one_row_and_differing_ones_stay_apart(tmp_path, params):
