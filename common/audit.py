@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from common.config import expected_config, load_paper_section, resolve_runs
+from common.config import expected_config, resolve_runs, tune_of
 from common.params import ConfigError, all_papers
 from common.pipeline import report_stage, run_code_hash, run_stage
 from common.records import certificate_chain, read_certificates, read_paper_records
@@ -158,8 +158,8 @@ def audit_report(report: Path, params_path: Path = Path("params.yaml"), dvc: str
     if not records:
         result.problems.append(f"records/{slug}: no run records behind {report}")
         return result
-    current = {(r.dataset, r.method, r.seed): r for r in resolve_runs(slug, params_path)}
-    tune = load_paper_section(slug, params_path).tune
+    current = {(r.dataset, r.method, r.seed): r for r in resolve_runs(slug, params_path, check=False)}
+    tune = tune_of(slug, params_path)
     code_hashes = {d: run_code_hash(slug, d, params_path) for d in {r["dataset"] for r in records}}
     lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").is_file() else {}
     stale = stale_stages(dvc=dvc)

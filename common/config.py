@@ -373,7 +373,8 @@ class TuneSpec(BaseModel):
     sampler); a method's trials are the product of its lists. ``metric`` (a key of the run metrics,
     measured on the held-out part) is maximized, or minimized with ``lower_is_better``, averaged over
     ``seeds`` (default: the profile's first seed). A trial trains for ``epochs_share`` of the profile's
-    epochs (at least one)."""
+    epochs (at least one). ``trials``: at most that many points a method, the first of its grid (set by a
+    profile's ``tune_trials``, so that a quick profile runs the tuning code on fewer trials; see ``tune_of``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     metric: str
@@ -382,6 +383,7 @@ class TuneSpec(BaseModel):
     seeds: list[int] | None = None
     epochs_share: float = Field(1.0, gt=0, le=1)
     grid: dict[str, dict[str, list[Any]]]
+    trials: int | None = Field(None, ge=1)
 
     @field_validator("grid")
     @classmethod
@@ -405,7 +407,7 @@ class TuneSpec(BaseModel):
         points: list[dict[str, Any]] = [{}]
         for key, values in self.grid[method].items():
             points = [{**point, key: value} for point in points for value in values]
-        return points
+        return points[: self.trials]
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -484,9 +486,10 @@ def load_paper_section(paper: str, params_path: str | Path = "params.yaml") -> P
 
 
 def resolve_runs(
-    paper: str, params_path: str | Path = "params.yaml", profile: str | None = None
+    paper: str, params_path: str | Path = "params.yaml", profile: str | None = None, check: bool = True
 ) -> list[RunConfig]:
-    """All runs of ``paper`` under ``profile`` (default: params.yaml's), validated and build-checked."""
+    """All runs of ``paper`` under ``profile`` (default: params.yaml's), validated, and build-checked unless
+    ``check`` is false (for a caller that reads names only)."""
     params, _ = load_params(params_path)
     profile = profile or params.profile
     if profile not in PROFILES:
@@ -504,6 +507,7 @@ def resolve_runs(
         )
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{params_path}: {paper}.profiles.{profile}.seeds has duplicates: {seeds}")
+    _profile_tune_trials(budget.pop("tune_trials", None), f"{params_path}: {paper}.profiles.{profile}")
 
     runs = []
     for dataset, dataset_overrides in section.datasets.items():
@@ -520,7 +524,7 @@ def resolve_runs(
                     raise ConfigError(f"{where}: epochs_share must be a positive number; got {share!r}")
                 if isinstance(epochs, int):
                     merged["epochs"] = max(1, round(share * epochs))
-            for seed in seeds:
+            for index, seed in enumerate(seeds):
                 fields = {
                     "paper": paper,
                     "method": method,
@@ -532,7 +536,8 @@ def resolve_runs(
                     run = RunConfig.model_validate({**merged, **fields})
                 except ValidationError as err:
                     raise ConfigError(format_validation_error(where, err)) from err
-                check_components(run, where)
+                if check and index == 0:  # the seed builds nothing: one check for all seeds
+                    check_components(run, where)
                 runs.append(run)
     return runs
 
@@ -565,16 +570,35 @@ def expected_config(run: RunConfig, record: dict[str, Any], tune: TuneSpec | Non
     return apply_point(run, tuning["chosen"])
 
 
+def _profile_tune_trials(value: Any, where: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{where}.tune_trials must be a positive integer (trials a method); got {value!r}")
+    return value
+
+
+def tune_of(
+    paper: str, params_path: str | Path = "params.yaml", profile: str | None = None
+) -> TuneSpec | None:
+    """The paper's ``tune`` under ``profile`` (default: params.yaml's): with the profile's ``tune_trials``, each
+    method tries only the first points of its grid (the published value first, by convention)."""
+    section = load_paper_section(paper, params_path)
+    if section.tune is None:
+        return None
+    profile = profile or load_params(params_path)[0].profile
+    where = f"{params_path}: {paper}.profiles.{profile}"
+    trials = _profile_tune_trials((section.profiles.get(profile) or {}).get("tune_trials"), where)
+    return section.tune if trials is None else section.tune.model_copy(update={"trials": trials})
+
+
 def resolve_trials(
     paper: str, params_path: str | Path = "params.yaml", profile: str | None = None
 ) -> list[tuple[RunConfig, dict[str, Any]]]:
     """The tuning trials of ``paper`` (empty without ``tune``): ``(run, point)`` for every dataset, method,
     point of the method's grid and tuning seed; each run holds out part of the training data, on which it is
     evaluated (and skips Omniglot's one-shot runs, which are test data)."""
-    section = load_paper_section(paper, params_path)
-    if section.tune is None:
+    tune = tune_of(paper, params_path, profile)
+    if tune is None:
         return []
-    tune = section.tune
     runs = resolve_runs(paper, params_path, profile)
     seeds = tune.seeds or [runs[0].seed]
     templates = {(run.dataset, run.method): run for run in runs}
@@ -627,11 +651,12 @@ def check_components(run: RunConfig, where: str) -> None:
                 f"{where}: classifier: {run.classifier!r} is set, but loss {run.loss.name!r} reads embeddings, "
                 "not logits; a classifier applies to classification losses only"
             )
-        model = models.build(run.model.name, **run.model.kwargs)
+        model = built["model"]
         losses.build(run.loss.name, **run.loss.kwargs, **engine_loss_kwargs(run, model, class_counts=[2, 1]))
 
+    built: dict[str, Any] = {}
     checks = [
-        ("model", lambda: models.build(run.model.name, **run.model.kwargs)),
+        ("model", lambda: built.setdefault("model", models.build(run.model.name, **run.model.kwargs))),
         ("loss", check_loss),
         (
             "optimizer",

@@ -42,10 +42,10 @@ from common.config import (
     RunConfig,
     TuneSpec,
     apply_point,
-    load_paper_section,
     point_label,
     resolve_runs,
     resolve_trials,
+    tune_of,
 )
 from common.data.loading import data_fingerprint, load_prepared, load_split
 from common.data.transforms import fixed_subset, holdout_indices, long_tailed_indices, noisy_labels
@@ -298,7 +298,7 @@ def _run_stage(
     threads: int,
 ) -> list[Path]:
     runs = resolve_runs(paper, params_path, profile)
-    tune = load_paper_section(paper, params_path).tune
+    tune = tune_of(paper, params_path, profile)
     trials = resolve_trials(paper, params_path, profile)
     if dataset is not None:
         datasets = sorted({r.dataset for r in runs})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import RunConfig, expected_config, load_paper_section, point_label, resolve_runs
+from common.config import RunConfig, expected_config, point_label, resolve_runs, tune_of
 from common.errors import run_command
 from common.paper import PaperMeta, check_claims, load_paper
 from common.params import ConfigError, load_params
@@ -456,12 +456,12 @@ def build_report(
     params_path: Path = Path("params.yaml"),
 ) -> Path:
     meta = load_paper(slug)
-    runs = resolve_runs(slug, params_path)
+    runs = resolve_runs(slug, params_path, check=False)  # the run stage built and checked them
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     methods = list(dict.fromkeys(r.method for r in runs))
     check_claims(meta, set(methods), set(datasets))
     records = read_paper_records(records_root, slug)
-    tune = load_paper_section(slug, params_path).tune
+    tune = tune_of(slug, params_path)
     by_key = {(r["dataset"], r["method"], r["seed"]): r for r in records}
     planned = set()
     for run in runs:

@@ -200,6 +200,53 @@ def test_trials_give_every_method_its_grid_on_held_out_data_with_a_share_of_the_
     assert margins == [0.05, 0.05, 0.2, 0.2]  # two datasets
 
 
+def test_a_profiles_tune_trials_keeps_the_first_points_of_each_grid_there_only(tmp_path):
+    from common.config import expected_config, resolve_trials, tune_of
+
+    def edit(tune):
+        tune["grid"] = {m: {"optimizer.lr": [1e-3, 3e-3, 1e-2]} for m in tune["grid"]}
+
+    params = _tuned(edit)
+    params["multi_similarity"]["profiles"]["smoke"]["tune_trials"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    pairs = {(r.dataset, r.method) for r in resolve_runs("multi_similarity", path, "smoke")}
+    smoke, cpu = (
+        resolve_trials("multi_similarity", path, "smoke"),
+        resolve_trials("multi_similarity", path, "cpu"),
+    )
+    assert len(smoke) == 2 * len(pairs) and len(cpu) == 3 * len(pairs)
+    assert {point["optimizer.lr"] for _, point in smoke} == {1e-3, 3e-3}  # the first two, in grid order
+    assert tune_of("multi_similarity", path, "cpu").trials is None
+
+    # a record tuned over the smoke profile's two points is current there, and not under the full grid
+    run = resolve_runs("multi_similarity", path, "smoke")[0]
+    tried = [
+        {"point": p, "values": [0.5], "mean": 0.5}
+        for p in tune_of("multi_similarity", path, "smoke").points(run.method)
+    ]
+    record = {"tuning": {"metric": "map_at_r", "trials": tried, "chosen": tried[1]["point"]}}
+    assert (
+        expected_config(run, record, tune_of("multi_similarity", path, "smoke")).optimizer.kwargs["lr"]
+        == 3e-3
+    )
+    assert expected_config(run, record, tune_of("multi_similarity", path, "cpu")) is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "one"])
+def test_a_bad_tune_trials_names_the_profile(tmp_path, value):
+    from common.config import resolve_trials
+
+    params = _tuned(lambda tune: None)
+    params["multi_similarity"]["profiles"]["smoke"]["tune_trials"] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(
+        ConfigError, match=r"multi_similarity\.profiles\.smoke\.tune_trials must be a positive"
+    ):
+        resolve_trials("multi_similarity", path, "smoke")
+
+
 def test_epochs_share_trains_a_method_for_part_of_every_profiles_epochs(tmp_path):
     runs = {
         (r.profile, r.method): r.epochs

@@ -100,6 +100,29 @@ def test_a_run_stage_lists_every_module_a_run_imports(stage, imports_by_stage):
     assert imported <= listed, f"{stage.name}: imported but not in dvc.yaml: {sorted(imported - listed)}"
 
 
+PREPARE_STAGES = [s for s in stages(PARAMS) if s.name.startswith("prepare-")]
+
+
+@pytest.mark.parametrize("stage", PREPARE_STAGES, ids=lambda s: s.name)
+def test_a_prepare_stage_lists_the_builder_it_loads_by_name(stage):
+    """``common.data.prepare`` imports each dataset's builder by its name: the stage must list that file."""
+    dataset = stage.cmd.split()[-1]
+    probe = (
+        "import sys, json; from pathlib import Path; from common.data import prepare; "
+        f"prepare.builder({dataset!r}); root = Path.cwd().resolve(); "
+        "print(json.dumps(sorted(Path(m.__file__).resolve().relative_to(root).as_posix() "
+        "for m in list(sys.modules.values()) if getattr(m, '__file__', None) "
+        "and Path(m.__file__).resolve().is_relative_to(root / 'common'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported, listed = set(json.loads(done.stdout)), set(stage.code_deps())
+    assert f"common/data/{dataset}.py" in imported
+    assert imported <= listed, f"{stage.name}: imported but not in dvc.yaml: {sorted(imported - listed)}"
+
+
 def test_a_loss_that_no_method_names_is_not_a_dependency():
     deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     run = _code_deps(deps["run-multi_similarity-omniglot"])
