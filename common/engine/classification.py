@@ -7,7 +7,10 @@ loss's estimate); with ``eval.shot_groups``, ``accuracy_many`` / ``accuracy_medi
 grouped by their training samples (a group without classes is left out); with ``eval.sharpness``,
 ``sharpness_rho`` and ``hessian_top_eigenvalue`` of the training loss on a fixed subset of the training data
 (``common.metrics.sharpness``); with ``eval.train_accuracy``, ``train_top1_accuracy`` on the training
-images and the labels trained on (noisy ones included). The reliability diagram's bins go to the record for the report's plots.
+images and the labels trained on (noisy ones included); with ``eval.probe``, the metrics of a linear probe on
+the features its classifier reads (``common.engine.representation``: ``probe_top1_accuracy`` and the rest), so
+that it compares with an embedding loss by the same readout. The reliability diagram's bins go to the record
+for the report's plots.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import RunConfig
-from common.engine.evaluation import SHARPNESS, CorruptedTests, SplitTensors, embed
+from common.engine.evaluation import REPRESENTATION, SHARPNESS, CorruptedTests, SplitTensors, embed
 from common.metrics.classification import (
     corruption_accuracy,
     expected_calibration_error,
@@ -74,6 +77,12 @@ def evaluate_classifier(
     if corrupted is not None:
         predicted = {name: embed(model, x, device).argmax(dim=1) for name, x in corrupted.images.items()}
         metrics |= corruption_accuracy(predicted, corrupted.labels)
+    if spec.probe is not None:
+        representation = importlib.import_module(REPRESENTATION)
+        encoder = model.embedder  # a Classifier's network before its last layer
+        metrics |= representation.representation_metrics(
+            run, encoder, device, train, test, embed(encoder, test.images, device), corrupted
+        )
     bins = reliability_diagram_bins(scores, test.labels, spec.calibration_bins, inputs=kind)
     reliability = {
         "edges": bins.edges.tolist(),

@@ -64,7 +64,7 @@ def optional_modules(run: RunConfig) -> list[str]:
         modules.append(CLASSIFICATION)
         if run.eval.sharpness is not None:
             modules.append(SHARPNESS)
-    if run.eval.probe is not None and not reads_logits(run.loss.name):
+    if run.eval.probe is not None:
         modules.append(REPRESENTATION)
     if run.eval.corruptions is not None:
         modules.append(CORRUPTIONS)
@@ -146,9 +146,8 @@ def evaluate(
     metrics = retrieval_metrics(embeddings, test.labels, ks=spec.ks, chunk_size=spec.chunk_size)
     if spec.probe is not None:
         representation = importlib.import_module(REPRESENTATION)
-        metrics |= representation.representation_metrics(
-            run, model, device, train, test, embeddings, corrupted
-        )
+        probed = representation.representation_metrics(run, model, device, train, test, embeddings, corrupted)
+        metrics |= probed | representation.own_readout(probed)
     if spec.fars:
         verification = importlib.import_module(VERIFICATION)
         found = verification.tar_at_far(embeddings, test.labels, spec.fars, spec.chunk_size)

@@ -225,6 +225,9 @@ def fit_and_evaluate(
     reads_logits = losses.reads_logits(run.loss.name)
     if reads_logits:
         model = Classifier(model, len(class_counts), run.classifier or "linear")
+    memory_format = torch.channels_last if run.channels_last else torch.preserve_format
+    if run.channels_last:  # weights and input batches; the activations follow
+        model = model.to(memory_format=memory_format)
     trainable = list(model.parameters()) + list(criterion.parameters())
     optimizer = optim.build(run.optimizer.name, trainable, **run.optimizer.kwargs)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule's factor multiplies these
@@ -283,7 +286,7 @@ def fit_and_evaluate(
                 images = random_shift(images, generator=augmentation)
             if view_batch is not None:
                 images, labels = view_batch(images, labels, torch.as_tensor(batch), generator=augmentation)
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(device, memory_format=memory_format), labels.to(device)
 
             if run.lr_schedule is not None:
                 factor = run.lr_schedule.factor(epoch, step, run.epochs, run.batches_per_epoch)

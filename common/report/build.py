@@ -64,6 +64,8 @@ METRIC_NAMES = {
     "hessian_top_eigenvalue": "Hessian λ_max",
     "knn_accuracy": "k-NN",
     "corruption_accuracy": "corrupted top-1",
+    "probe_top1_accuracy": "top-1 (probe)",
+    "probe_corruption_accuracy": "corrupted top-1 (probe)",
 }
 DATASET_NOTES = {
     "omniglot": "class-disjoint: trained on 5 background alphabets (136 characters), retrieval among the "

@@ -273,3 +273,24 @@ def test_a_scheduled_run_resumed_mid_way_ends_as_an_uninterrupted_one(tmp_path, 
     for a, b in zip(trained.parameters(), again.parameters(), strict=True):
         assert torch.equal(a, b)
     assert resumed.metrics == whole.metrics
+
+
+def test_a_channels_last_run_trains_in_that_format_to_the_default_runs_numbers(tmp_path, monkeypatch):
+    default = classification_run(tmp_path / "a", profile={"epochs": 2, "batches_per_epoch": 2})
+    fast = classification_run(
+        tmp_path / "b", train={"channels_last": True}, profile={"epochs": 2, "batches_per_epoch": 2}
+    )
+    assert "channels_last" not in default.model_dump(), "a run that does not set it keeps its config hash"
+    assert fast.model_dump()["channels_last"] is True
+    train, test = _synthetic([12, 12, 12], test_classes=3)
+    expected, reference, _ = _fit(default, train, test, tmp_path / "a", monkeypatch)
+    result, trained, _ = _fit(fast, train, test, tmp_path / "b", monkeypatch)
+    convolutions = [p for p in trained.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert not all(p.is_contiguous() for p in convolutions), "the format must differ from the default's"
+    assert all(p.is_contiguous() for p in reference.parameters())
+    # another kernel, other rounding: the same training up to it
+    for a, b in zip(expected.history, result.history, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+    for a, b in zip(reference.parameters(), trained.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)

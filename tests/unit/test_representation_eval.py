@@ -1,5 +1,6 @@
-"""``eval.probe`` and ``eval.corruptions`` of an embedding run: the metrics equal the metric functions applied
-to the encoder's features by hand, and the config refuses what cannot be measured."""
+"""``eval.probe`` and ``eval.corruptions``: the metrics equal the metric functions applied to the encoder's
+features by hand (an embedding run's, and a classifier's features before its last layer), and the config
+refuses what cannot be measured."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ SUPCON = {"supcon": {"loss": {"name": "supcon"}}}
 
 class _Encoder(nn.Module):
     """A fixed random linear map of the flattened image to 8 dimensions."""
+
+    embedding_dim = 8
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,13 +51,14 @@ def test_representation_metrics_are_the_metric_functions_on_the_features(views, 
     metrics = representation_metrics(run, model, cpu, train, test, test_f, CorruptedTests(noisy, test.labels))
 
     probe = linear_probe(train_f, train.labels, test_f, test.labels, weight_decay=0.01)
-    assert metrics["top1_accuracy"] == probe.accuracy
+    assert metrics["probe_top1_accuracy"] == probe.accuracy
     assert metrics["knn_accuracy"] == knn_accuracy(train_f, train.labels, test_f, test.labels, 5, 0.07)
     assert metrics["uniformity"] == uniformity(test_f, t=2.0)
     corrupted_accuracy = float(
         (probe.predict(embed(model, noisy["gaussian_noise_s3"], cpu)) == test.labels).double().mean()
     )
-    assert metrics["accuracy_gaussian_noise_s3"] == metrics["corruption_accuracy"] == corrupted_accuracy
+    assert metrics["probe_accuracy_gaussian_noise_s3"] == corrupted_accuracy
+    assert metrics["probe_corruption_accuracy"] == corrupted_accuracy
     if views is None:
         assert "alignment" not in metrics
     else:
@@ -62,13 +66,59 @@ def test_representation_metrics_are_the_metric_functions_on_the_features(views, 
         assert metrics["alignment"] == alignment(
             embed(model, first, cpu), embed(model, second, cpu), alpha=2.0
         )
-    expected = {"top1_accuracy", "knn_accuracy", "uniformity", "alignment", "corruption_accuracy"}
-    assert set(metrics) <= expected | {"accuracy_gaussian_noise_s3"}
+    expected = {"probe_top1_accuracy", "knn_accuracy", "uniformity", "alignment", "probe_corruption_accuracy"}
+    assert set(metrics) <= expected | {"probe_accuracy_gaussian_noise_s3"}
 
 
-def test_the_representation_module_is_a_dependency_only_of_runs_that_probe(tmp_path):
-    probed = classification_run(tmp_path / "a", train={"eval": {"probe": {}}}, methods=SUPCON)
-    plain = classification_run(tmp_path / "b", methods=SUPCON)
+def test_an_embedding_runs_own_readout_is_its_probe(tmp_path):
+    from common.engine.evaluation import evaluate
+
+    run = classification_run(
+        tmp_path,
+        train={"eval": {"probe": {}, "corruptions": {"severities": [3], "kinds": ["contrast"]}}},
+        methods=SUPCON,
+    )
+    model, cpu = _Encoder(), torch.device("cpu")
+    train, test = _split(60, 1), _split(30, 2)
+    corrupted = CorruptedTests({"contrast_s3": 0.3 * test.images}, test.labels)
+    metrics, _ = evaluate(run, model, nn.Module(), cpu, train, test, corrupted=corrupted)
+    assert metrics["top1_accuracy"] == metrics["probe_top1_accuracy"]
+    assert metrics["corruption_accuracy"] == metrics["probe_corruption_accuracy"]
+    assert metrics["accuracy_contrast_s3"] == metrics["probe_accuracy_contrast_s3"]
+    assert "recall_at_1" in metrics, "the retrieval metrics stay"
+
+
+def test_a_classifier_is_probed_on_the_features_its_classifier_reads(tmp_path):
+    from common import losses
+    from common.engine.classification import evaluate_classifier
+    from common.models.classifiers import Classifier
+
+    run = classification_run(tmp_path, train={"eval": {"probe": {"knn_k": 5}, "corruptions": {}}})
+    encoder, cpu = _Encoder(), torch.device("cpu")
+    model = Classifier(encoder, 3)
+    train, test = _split(60, 1), _split(30, 2)
+    corrupted = CorruptedTests({"gaussian_noise_s1": test.images + 1.0}, test.labels)
+    metrics, _ = evaluate_classifier(run, model, losses.build("cross_entropy"), cpu, train, test, corrupted)
+
+    train_f, test_f = embed(encoder, train.images, cpu), embed(encoder, test.images, cpu)
+    probe = linear_probe(train_f, train.labels, test_f, test.labels, weight_decay=1e-4)
+    assert metrics["probe_top1_accuracy"] == probe.accuracy
+    assert metrics["knn_accuracy"] == knn_accuracy(train_f, train.labels, test_f, test.labels, 5, 0.07)
+    head = embed(model, test.images, cpu).argmax(dim=1)
+    assert metrics["top1_accuracy"] == float((head == test.labels).double().mean()), "its own head's"
+    assert metrics["top1_accuracy"] != metrics["probe_top1_accuracy"], (
+        "an untrained head: the two must differ"
+    )
+    probed = probe.predict(embed(encoder, test.images + 1.0, cpu))
+    assert metrics["probe_corruption_accuracy"] == float((probed == test.labels).double().mean())
+    head_corrupted = embed(model, test.images + 1.0, cpu).argmax(dim=1)
+    assert metrics["corruption_accuracy"] == float((head_corrupted == test.labels).double().mean())
+
+
+@pytest.mark.parametrize("methods", [SUPCON, None])  # an embedding loss; the cross-entropy
+def test_the_representation_module_is_a_dependency_only_of_runs_that_probe(methods, tmp_path):
+    probed = classification_run(tmp_path / "a", train={"eval": {"probe": {}}}, methods=methods)
+    plain = classification_run(tmp_path / "b", methods=methods)
     assert "common.engine.representation" in optional_modules(probed)
     assert "common.engine.representation" not in optional_modules(plain)
 
