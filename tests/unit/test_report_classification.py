@@ -152,7 +152,7 @@ def test_squentropy_spread_section_compares_each_loss_with_squentropy(tmp_path):
 
 
 def test_supcon_stability_section_takes_the_spread_of_the_grid_means(tmp_path):
-    from papers.supcon.report import GRID_SUFFIXES, sections
+    from papers.supcon.report import FAMILIES, GRID_SUFFIXES, sections
 
     # grid means: SupCon 0.80 0.81 0.79 0.80 (tight), cross-entropy 0.80 0.60 0.75 0.50 (wide); 2 seeds each
     # whose mean is the grid value, so the seed spread must not enter
@@ -163,8 +163,8 @@ def test_supcon_stability_section_takes_the_spread_of_the_grid_means(tmp_path):
             method = family + suffix
             methods.append(method)
             groups[("d", method)] = [
-                _record(method, 0, top1_accuracy=mean - 0.05),
-                _record(method, 1, top1_accuracy=mean + 0.05),
+                _record(method, 0, probe_top1_accuracy=mean - 0.05),
+                _record(method, 1, probe_top1_accuracy=mean + 0.05),
             ]
     lines = sections(_context(groups, methods, ["d"], "supcon", tmp_path))
     ce_row = next(line for line in lines if line.startswith("| d | Cross-entropy |"))
@@ -179,6 +179,11 @@ def test_supcon_stability_section_takes_the_spread_of_the_grid_means(tmp_path):
     assert not any(
         line.startswith("- d:") for line in sections(_context(only, methods[:4], ["d"], "supcon", tmp_path))
     )
+    # no grid at all (the base methods only): the section says the claim was not tested, and why
+    base = {k: v for k, v in groups.items() if k[1] in FAMILIES}
+    untested = sections(_context(base, list(FAMILIES), ["d"], "supcon", tmp_path))
+    assert not any(line.startswith("|") for line in untested)
+    assert "Not tested in these runs" in untested[-1] and "`<loss>_lr_low`" in untested[-1]
 
 
 def test_align_uniform_section_ranks_the_encoders_and_draws_the_plane(tmp_path):
