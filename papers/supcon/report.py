@@ -57,8 +57,9 @@ def sections(context: ReportContext) -> list[str]:
     if not rows:
         return [
             *header,
-            f"{CLAIM} Not tested in these runs. Its test is a 2 x 2 grid of learning rate and view strength per "
-            f"loss (methods named {', '.join(f'`<loss>{s}`' for s in GRID_SUFFIXES[1:])} in `params.yaml`): six "
+            f"{CLAIM} Not tested in these runs. Its test, a 2 x 2 grid of learning rate and view strength per "
+            "loss (this section reads methods named "
+            f"{', '.join(f'`<loss>{s}`' for s in GRID_SUFFIXES[1:])} when params.yaml has them), needs six "
             "more runs a seed, more than this profile's time affords beside runs long enough for the "
             "cross-entropy to converge; and with four grid points per loss, the 95% interval of the spread "
             "ratio (F, 3 and 3 degrees of freedom) lies below 1 only if SupCon's spread is under a quarter of "
