@@ -187,6 +187,7 @@ def rerun_record(committed: dict[str, Any], scratch: Path, prepared_root: Path) 
 
     from common import runner
     from common.config import RunConfig
+    from common.data.loading import data_fingerprint
     from common.pipeline import run_code_hash
     from common.tracking.provenance import git_commit, git_dirty
 
@@ -200,6 +201,7 @@ def rerun_record(committed: dict[str, Any], scratch: Path, prepared_root: Path) 
         git_commit(),
         git_dirty(),
         {run.dataset: run_code_hash(run.paper, run.dataset)},
+        {run.data: data_fingerprint(prepared_root / run.data)},
         prepared_root,
         scratch / "checkpoints",
     )

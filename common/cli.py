@@ -231,8 +231,9 @@ def parser() -> argparse.ArgumentParser:
         "-f",
         "--force",
         action="store_true",
-        help="rerun the stages even if DVC sees no change (runs whose record matches the config and code are "
-        "still skipped: delete records/PAPER to train again)",
+        help="rerun the stages even if DVC sees no change (runs whose record matches the config, code and data "
+        "are still skipped; a run whose record is deleted resumes its own final checkpoint, if kept: delete "
+        "records/PAPER and checkpoints/PAPER to train again from scratch)",
     )
     p.add_argument("--dry", action="store_true", help="only print the stages DVC would run")
     p.set_defaults(func=_reproduce)

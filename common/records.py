@@ -45,13 +45,19 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, value: Any, what: str) -> None:
-    text = json.dumps(value, indent=1, sort_keys=True) + "\n"
-    partial = path.with_suffix(".json.partial")
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=True) + "\n", what)
+
+
+def write_atomically(path: Path, content: str | bytes, what: str) -> None:
+    """Write ``content`` to ``<path>.partial``, flush it to disk, then rename it over ``path``: the file is
+    whole or as it was. A write the file system refuses (disk full, no permission) is a ``StorageError``
+    naming ``what`` and ``path``, and the partial file is removed."""
+    partial = path.with_name(path.name + ".partial")
     with writing(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(partial, "w") as f:
-                f.write(text)
+            with open(partial, "wb") as f:
+                f.write(content.encode() if isinstance(content, str) else content)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import pkgutil
 from collections.abc import Callable, Collection
 from typing import Any, Generic, TypeVar
@@ -31,6 +32,22 @@ T = TypeVar("T")
 
 class BuildError(UserError, ValueError):
     """A name or hyper-parameter that a registry cannot build."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_number(where: str, value: Any, default: Any) -> None:
+    """A hyper-parameter whose default is a number must be one (PyYAML reads ``1e-3``, without a dot, as a
+    string), and no number may be infinite or NaN (a learning rate of ``.inf`` trains nothing)."""
+    if _is_number(default) and isinstance(value, str):
+        raise BuildError(
+            f"{where} must be a number (its default is {default!r}); got the string {value!r} (YAML reads "
+            "1e-3 as a string: write 1.0e-3)"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BuildError(f"{where} must be a finite number; got {value!r}")
 
 
 class Registry(Generic[T]):
@@ -108,6 +125,8 @@ class Registry(Generic[T]):
         ]
         if missing:
             raise BuildError(f"{self.kind} {name!r} needs {', '.join(missing)}; accepted: {listed}")
+        for key, value in hyperparams.items():
+            _check_number(f"{self.kind} {name!r}: {key}", value, accepted.get(key))
 
     def build(self, name: str, /, **hyperparams: Any) -> T:
         self.check(name, hyperparams)

@@ -187,18 +187,32 @@ def _checkpoint_prefix(run: RunConfig, point: dict[str, Any] | None) -> str:
     return f"{point_label(point)}-seed{run.seed}-" if point is not None else f"seed{run.seed}-"
 
 
-def _checkpoint_dir(root: Path, run: RunConfig, code_hash: str, point: dict[str, Any] | None = None) -> Path:
+def _checkpoint_dir(
+    root: Path,
+    run: RunConfig,
+    code_hash: str,
+    data: str,
+    world_size: int,
+    point: dict[str, Any] | None = None,
+) -> Path:
+    """The checkpoints of exactly this run: its config, code, data (fingerprint) and world size name the
+    folder, so a run resumes only what it would itself have computed."""
     method = Path("_tuning", run.method) if run.holdout is not None else Path(run.method)
-    name = f"{_checkpoint_prefix(run, point)}{run.config_hash()}-{code_hash}"
+    name = f"{_checkpoint_prefix(run, point)}{run.config_hash()}-{code_hash}-{data}-w{world_size}"
     return root / run.paper / run.dataset / method / name
 
 
 def _is_done(
-    path: Path, run: RunConfig, code_hash: str, extra: dict[str, Any], certificates: list[dict[str, Any]]
+    path: Path,
+    run: RunConfig,
+    code_hash: str,
+    data: str,
+    extra: dict[str, Any],
+    certificates: list[dict[str, Any]],
 ) -> bool:
-    """Done: a record of the same config made by the same code, or by code that the stage's certificates
-    show makes the same records (any other code change reruns everything), with the same ``extra`` keys (a
-    tuned run whose trials now choose differently, or by another metric, reruns)."""
+    """Done: a record of the same config and data (fingerprint) made by the same code, or by code that the
+    stage's certificates show makes the same records (any other code change reruns everything), with the
+    same ``extra`` keys (a tuned run whose trials now choose differently, or by another metric, reruns)."""
     if not path.is_file():
         return False
     try:
@@ -208,6 +222,7 @@ def _is_done(
             return False
         return (
             record["config_hash"] == run.config_hash()
+            and record["provenance"]["data_fingerprint"] == data
             and certificate_chain(record["provenance"]["code_hash"], code_hash, certificates) is not None
             and same_extra
         )
@@ -341,14 +356,22 @@ def _run_stage(
     commit, dirty = git_commit(), git_dirty()
     code_hashes = {name: run_code_hash(paper, name, params_path) for name in {r.dataset for r in runs}}
     certificates = {name: read_certificates(records_root / paper / name) for name in code_hashes}
-    context = _RunContext(paper, commit, dirty, code_hashes, prepared_root, checkpoints_root)
+    fingerprints = {name: data_fingerprint(prepared_root / name) for name in {r.data for r in runs}}
+    context = _RunContext(paper, commit, dirty, code_hashes, fingerprints, prepared_root, checkpoints_root)
     execute = partial(_execute, context)
 
     trial_paths = {trial_record_path(records_root, r, point): (r, point) for r, point in trials}
     todo = [
         (p, r, {"tuning_point": point})
         for p, (r, point) in trial_paths.items()
-        if not _is_done(p, r, code_hashes[r.dataset], {"tuning_point": point}, certificates[r.dataset])
+        if not _is_done(
+            p,
+            r,
+            code_hashes[r.dataset],
+            fingerprints[r.data],
+            {"tuning_point": point},
+            certificates[r.dataset],
+        )
     ]
     if trials and main:
         print(f"{paper}{'/' + dataset if dataset else ''}: tuning: {len(trials)} trials, {len(todo)} to run")
@@ -362,7 +385,9 @@ def _run_stage(
         for r in runs:
             path = record_path(records_root, paper, r.dataset, r.method, r.seed)
             extra = {"tuning": choices[(r.dataset, r.method)]} if trials else {}
-            if not _is_done(path, r, code_hashes[r.dataset], extra, certificates[r.dataset]):
+            if not _is_done(
+                path, r, code_hashes[r.dataset], fingerprints[r.data], extra, certificates[r.dataset]
+            ):
                 todo.append((path, r, extra))
         if main:
             print(
@@ -399,7 +424,8 @@ class _RunContext:
     paper: str
     commit: str | None
     dirty: bool | None
-    code_hashes: dict[str, str]
+    code_hashes: dict[str, str]  # by dataset name
+    fingerprints: dict[str, str]  # by prepared dataset
     prepared_root: Path
     checkpoints_root: Path
 
@@ -418,14 +444,16 @@ def _train_and_record(
     main = accelerator.is_main_process
     code_hash = context.code_hashes[run.dataset]
     point = extra.get("tuning_point")
-    checkpoint_dir = _checkpoint_dir(context.checkpoints_root, run, code_hash, point)
+    fingerprint = context.fingerprints[run.data]
+    checkpoint_dir = _checkpoint_dir(
+        context.checkpoints_root, run, code_hash, fingerprint, accelerator.num_processes, point
+    )
     attempts_file = checkpoint_dir / ATTEMPTS_FILE
     earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
     if main:
         for run_id in earlier:
             mark_abandoned(run_id)
     train, test = load_run_data(run, context.prepared_root)
-    fingerprint = data_fingerprint(context.prepared_root / run.data)
     one_shot = None
     if run.eval.one_shot_runs:
         one_shot = load_one_shot_runs(context.prepared_root / run.data, run.image_size, run.train_limit)

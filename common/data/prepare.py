@@ -140,9 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {}
 
     def run() -> None:
-        source_dir = args.source_dir
+        source_dir, key = args.source_dir, "--source-dir"
         if source_dir is None and Path(args.params).is_file():
             source_dir = (load_params(args.params)[0].data.get(args.dataset) or {}).get("source_dir")
+            key = f"{args.params}: data.{args.dataset}.source_dir"
+        if source_dir is not None and not Path(source_dir).is_dir():  # set, so it must win: never skipped
+            raise DataSourceError(
+                f"{key} is {str(source_dir)!r}, which is not a directory; point it at the folder of the raw "
+                "files, or remove it to use the other sources"
+            )
         summary.update(
             prepare(
                 args.dataset,

@@ -54,7 +54,16 @@ CHECKPOINT_PREFIX = "epoch_"
 
 
 class NonFiniteLossError(UserError, RuntimeError):
-    """The training loss became NaN or infinite; the run stops and is marked failed."""
+    """The training loss, or the model's outputs, became NaN or infinite; the run stops and is marked failed."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be read (a truncated or damaged file); the message names it."""
+
+
+class _NonFiniteOutputs(NonFiniteLossError):
+    """The model's outputs of a batch are not finite (a loss that mines pairs may still read 0 on them); the
+    training loop adds where."""
 
 
 @dataclass
@@ -90,6 +99,8 @@ def batch_loss(
     """The loss of one batch: a classifier's logits, an episode's queries against its support set (on each
     process alone), or the embeddings of the global batch (gathered with gradients)."""
     outputs = model(images)
+    if not bool(torch.isfinite(outputs).all()):
+        raise _NonFiniteOutputs("the model's outputs are not finite")
     if reads_logits:
         return criterion(outputs, labels)
     support, queries = sampler.split_batch(outputs)
@@ -249,8 +260,15 @@ def fit_and_evaluate(
     history: list[dict[str, float]] = []
     checkpoint, start_epoch = latest_checkpoint(checkpoint_dir)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        history = json.loads((checkpoint / "history.json").read_text())
+        try:
+            accelerator.load_state(str(checkpoint))
+            history = json.loads((checkpoint / "history.json").read_text())
+        except Exception as err:  # noqa: BLE001 - safetensors, torch and json each raise their own
+            raise CheckpointError(
+                f"{run.paper} {run.key}: the checkpoint {checkpoint} is unreadable ({type(err).__name__}: "
+                f"{err}); delete that folder to resume from the epoch before it, or {checkpoint.parent} to "
+                "train the run from scratch"
+            ) from err
         for past in history:
             on_epoch(past, int(past["epoch"]))
 
@@ -292,10 +310,14 @@ def fit_and_evaluate(
                 factor = run.lr_schedule.factor(epoch, step, run.epochs, run.batches_per_epoch)
                 for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
                     group["lr"] = base_lr * factor
-            loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
-            if not torch.isfinite(loss):
+            try:
+                loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
+                what = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
+            except _NonFiniteOutputs:
+                what = "the model's outputs are not finite"
+            if what is not None:
                 raise NonFiniteLossError(
-                    f"{run.paper} {run.key}: the loss is {loss.item()} at epoch {epoch}, step {step}; "
+                    f"{run.paper} {run.key}: {what} at epoch {epoch}, step {step}; "
                     f"the run stops (loss {run.loss.name}, optimizer {run.optimizer.name} "
                     f"lr={run.optimizer.kwargs.get('lr', 'default')})"
                 )

@@ -21,7 +21,7 @@ from common.config import RunConfig, expected_config, point_label, resolve_runs,
 from common.errors import run_command
 from common.paper import PaperMeta, check_claims, load_paper
 from common.params import ConfigError, load_params
-from common.records import read_paper_records
+from common.records import read_paper_records, write_atomically
 from common.report import plots
 from common.report.stats import (
     CONVERGED,
@@ -590,7 +590,7 @@ def build_report(
     ]
     reports_root.mkdir(parents=True, exist_ok=True)
     report_path = reports_root / f"{slug}.md"
-    report_path.write_text("\n".join(lines))
+    write_atomically(report_path, "\n".join(lines), "the report")
     summary = {
         "slug": slug,
         "title": meta.title,
@@ -604,7 +604,11 @@ def build_report(
             groups, datasets, methods, [m for m in meta.report.leaderboard or methods if m not in doubled]
         ),
     }
-    (reports_root / f"{slug}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_atomically(
+        reports_root / f"{slug}.json",
+        json.dumps(summary, indent=1, sort_keys=True) + "\n",
+        "the report summary",
+    )
     return report_path
 
 
@@ -786,7 +790,7 @@ def build_index(reports_root: Path = Path("reports"), params_path: Path = Path("
     ]
     lines += _leaderboard(summaries, load_params(params_path)[0].profile)
     path = reports_root / "README.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomically(path, "\n".join(lines) + "\n", "the index")
     return path
 
 

@@ -3,6 +3,7 @@ the claim checks."""
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from common.records import write_atomically  # noqa: E402
 from common.report.stats import mean_ci  # noqa: E402
 
 # Fixed metadata so the PNG bytes depend only on the data (stable DVC outputs).
@@ -19,11 +21,12 @@ _PNG_METADATA = {"Software": None}
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Write ``fig`` as a PNG whose bytes depend only on the data, and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``fig`` as a PNG whose bytes depend only on the data, whole or not at all, and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata=_PNG_METADATA)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, metadata=_PNG_METADATA)
     plt.close(fig)
+    write_atomically(path, png.getvalue(), "the figure")
 
 
 def recall_at_k_curves(groups: dict[tuple[str, str], list[dict]], datasets: list[str], path: Path) -> None:

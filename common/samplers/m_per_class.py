@@ -36,7 +36,19 @@ class MPerClassBatchSampler(EpochBatchSampler):
     ) -> None:
         require_positive(classes_per_batch=classes_per_batch, samples_per_class=samples_per_class)
         super().__init__(labels, batches_per_epoch, seed, rank, world_size)
+        if classes_per_batch < 2:
+            raise SamplerError(
+                f"m_per_class: classes_per_batch must be at least 2: a batch of one class has no negatives, so "
+                f"pair and proxy losses are 0 on it; got {classes_per_batch}"
+            )
         classes, counts = torch.unique(self.labels, return_counts=True)
+        smallest = int(counts.argmin())
+        if int(counts[smallest]) < samples_per_class:
+            raise SamplerError(
+                f"m_per_class: samples_per_class is {samples_per_class}, but class {int(classes[smallest])} has "
+                f"{int(counts[smallest])} samples; a class would repeat samples in a batch: lower "
+                "samples_per_class to the smallest class size"
+            )
         needed = classes_per_batch * world_size
         if len(classes) < needed:
             raise SamplerError(
@@ -65,10 +77,7 @@ class MPerClassBatchSampler(EpochBatchSampler):
             picks = []
             for position, class_pos in enumerate(drawn.tolist()):
                 members = self.class_indices[class_pos]
-                if len(members) >= m:
-                    chosen = members[torch.randperm(len(members), generator=generator)[:m]]
-                else:  # a class smaller than m is sampled with replacement
-                    chosen = members[torch.randint(len(members), (m,), generator=generator)]
+                chosen = members[torch.randperm(len(members), generator=generator)[:m]]
                 if lo <= position < hi:
                     picks.append(chosen)
             yield torch.cat(picks).tolist()

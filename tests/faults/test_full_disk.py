@@ -61,6 +61,27 @@ def test_write_record_on_a_full_disk_names_the_record_and_leaves_nothing(tmp_pat
     assert list(path.parent.iterdir()) == [], "no record and no .partial file"
 
 
+def test_a_full_disk_while_writing_a_figure_or_a_report_names_it_and_keeps_the_old_file(tmp_path, full_disk):
+    import matplotlib.pyplot as plt
+
+    from common.records import write_atomically
+    from common.report.plots import save_figure
+
+    figure, report = tmp_path / "reports" / "figures" / "forest.png", tmp_path / "reports" / "p.md"
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"the previous figure")
+    report.write_text("the previous report")
+    full_disk(tmp_path / "reports")
+    with pytest.raises(StorageError) as caught:
+        save_figure(plt.subplots()[0], figure)
+    assert str(caught.value).startswith(f"cannot write the figure {figure}: {FULL}")
+    with pytest.raises(StorageError) as caught:
+        write_atomically(report, "# a new report\n", "the report")
+    assert str(caught.value).startswith(f"cannot write the report {report}: {FULL}")
+    assert figure.read_bytes() == b"the previous figure" and report.read_text() == "the previous report"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["forest.png", "p.md"], "no .partial"
+
+
 def test_a_full_disk_at_the_record_fails_the_run_and_writes_no_record(
     workspace, full_disk, monkeypatch, capsys
 ):

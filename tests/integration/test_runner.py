@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -139,7 +140,7 @@ def test_a_nan_loss_stops_the_run_and_marks_it_failed(tmp_path, tiny_prepared, m
     def edit(params):
         params["multi_similarity"]["train"]["optimizer"]["lr"] = 1e30  # diverges at once
 
-    with pytest.raises(NonFiniteLossError, match="the loss is"):
+    with pytest.raises(NonFiniteLossError, match="the loss is|the model's outputs are not finite"):
         run_paper(
             "multi_similarity",
             "fashion_mnist",
@@ -220,3 +221,88 @@ def test_a_classifier_on_a_class_disjoint_dataset_fails_before_training(tmp_path
             prepared_root=tiny_prepared,
         )
     assert not Path("records").exists() and not Path("checkpoints").exists()
+
+
+def test_outputs_that_stop_being_finite_stop_the_run_though_the_loss_reads_zero(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    """A pair-mining loss on NaN embeddings mines no pair and reads 0: the outputs are checked themselves."""
+    monkeypatch.chdir(tmp_path)
+    import common.engine.trainer as trainer
+
+    original = trainer.batch_loss
+
+    def nan_after_first_step(model, *args):
+        if not hasattr(nan_after_first_step, "done"):
+            nan_after_first_step.done = True
+        else:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return original(model, *args)
+
+    monkeypatch.setattr(trainer, "batch_loss", nan_after_first_step)
+    with pytest.raises(NonFiniteLossError, match="the model's outputs are not finite at epoch 1, step 1"):
+        run_paper(
+            "multi_similarity",
+            "fashion_mnist",
+            params_path=tiny_params(tmp_path, epochs=1, batches_per_epoch=3),
+            prepared_root=tiny_prepared,
+            workers=1,
+        )
+    assert not list(Path("records").rglob("*.json"))
+
+
+def test_a_run_resumes_only_its_own_checkpoint_and_reruns_on_other_data(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    import common.runner as runner
+
+    params = tiny_params(
+        tmp_path,
+        edit=lambda p: p["multi_similarity"].update(
+            methods={m: p["multi_similarity"]["methods"][m] for m in ("contrastive", "triplet")}
+        ),
+    )
+
+    def run() -> list[dict]:
+        run_paper(
+            "multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared, workers=1
+        )
+        return read_paper_records(Path("records"), "multi_similarity")
+
+    first = run()
+    assert [r["provenance"]["resumed_from_epoch"] for r in first] == [0, 0]
+    deleted = Path("records/multi_similarity/fashion_mnist/contrastive/seed0.json")
+    deleted.unlink()
+    again = run()  # the same run's final checkpoint: evaluated again, not trained again
+    assert [r["provenance"]["resumed_from_epoch"] for r in again] == [2, 0]
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
+
+    other = "0" * 16  # the prepared data changed: every record is out of date, no checkpoint is its own
+    monkeypatch.setattr(runner, "data_fingerprint", lambda path: other)
+    changed = run()
+    assert [r["provenance"]["data_fingerprint"] for r in changed] == [other, other]
+    assert [r["provenance"]["resumed_from_epoch"] for r in changed] == [0, 0]
+
+
+def test_a_truncated_checkpoint_is_an_error_naming_it(tmp_path, tiny_prepared, mlflow_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from common.engine.trainer import CheckpointError
+
+    params = tiny_params(
+        tmp_path,
+        edit=lambda p: p["multi_similarity"].update(
+            methods={"triplet": {"label": "T", "loss": {"name": "triplet"}}}
+        ),
+    )
+    run_paper("multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared, workers=1)
+    Path("records/multi_similarity/fashion_mnist/triplet/seed0.json").unlink()
+    [weights] = Path("checkpoints").rglob("epoch_2/model.safetensors")
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(
+        CheckpointError, match=f"the checkpoint {weights.parent} is unreadable .*delete that folder"
+    ):
+        run_paper(
+            "multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared, workers=1
+        )

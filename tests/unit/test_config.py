@@ -61,6 +61,18 @@ def test_the_committed_params_resolve_for_every_profile():
             "unknown model 'resnet999'",
         ),
         (lambda p: p["multi_similarity"]["train"]["optimizer"].update(lr=-0.1), "lr must be > 0"),
+        (
+            lambda p: p["multi_similarity"]["train"]["optimizer"].update(lr="1e-3"),
+            "optimizer 'adam': lr must be a number .its default is 0.001.; got the string '1e-3'",
+        ),
+        (
+            lambda p: p["multi_similarity"]["train"]["optimizer"].update(lr=float("inf")),
+            "optimizer 'adam': lr must be a finite number; got inf",
+        ),
+        (
+            lambda p: p["multi_similarity"]["methods"]["multi_similarity"]["loss"].update(beta=float("nan")),
+            "loss 'multi_similarity': beta must be a finite number; got nan",
+        ),
         (lambda p: p["multi_similarity"]["profiles"]["cpu"].update(epochs="three"), "epochs"),
         (lambda p: p["multi_similarity"]["profiles"]["cpu"].update(epochs=0), "epochs"),
         (

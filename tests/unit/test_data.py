@@ -488,9 +488,27 @@ def test_prepare_cli_exits_2_with_the_message_on_a_missing_source(tmp_path, caps
     )
     captured = capsys.readouterr()
     assert code == 2
-    assert "OMNIGLOT_DIR" in captured.err and "Traceback" not in captured.err
+    assert "--source-dir is" in captured.err and "which is not a directory" in captured.err
+    assert "Traceback" not in captured.err
     assert captured.out == ""
     assert list(tmp_path.iterdir()) == []  # wrote nothing
+    # no source anywhere: the message says every place tried
+    code = main(["omniglot", "--out", str(tmp_path / "out"), "--no-download"])
+    assert code == 2 and "OMNIGLOT_DIR" in capsys.readouterr().err
+
+
+def test_a_params_source_dir_that_is_not_a_directory_is_an_error_naming_the_key(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("OMNIGLOT_DIR", str(tmp_path / "elsewhere"))  # must not win over the params key
+    (tmp_path / "params.yaml").write_text(f"data:\n  omniglot:\n    source_dir: {tmp_path / 'gone'}\n")
+    code = main(["omniglot", "--out", str(tmp_path / "out"), "--no-download"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "params.yaml: data.omniglot.source_dir is" in err and "which is not a directory" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_prepared_and_fingerprint(tmp_path):

@@ -28,10 +28,16 @@ def test_every_batch_has_p_classes_of_m_samples():
         assert len(classes) == 4 and counts.tolist() == [3, 3, 3, 3]
 
 
-def test_small_classes_are_sampled_with_replacement():
-    labels = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
-    for batch in MPerClassBatchSampler(labels, classes_per_batch=3, samples_per_class=4, batches_per_epoch=5):
-        assert torch.bincount(labels[batch], minlength=3).tolist() == [4, 4, 4]
+def test_a_class_smaller_than_samples_per_class_is_refused_naming_it():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    with pytest.raises(SamplerError, match="samples_per_class is 4, but class 1 has 2 samples"):
+        MPerClassBatchSampler(labels, classes_per_batch=3, samples_per_class=4, batches_per_epoch=5)
+    MPerClassBatchSampler(labels, classes_per_batch=3, samples_per_class=2, batches_per_epoch=5)
+
+
+def test_a_batch_of_one_class_is_refused():
+    with pytest.raises(SamplerError, match="classes_per_batch must be at least 2"):
+        MPerClassBatchSampler(_labels(), classes_per_batch=1, samples_per_class=3)
 
 
 def test_epochs_are_reproducible_and_differ():
