@@ -5,7 +5,9 @@ A prepared dataset is a HF ``datasets.DatasetDict`` written by ``save_to_disk`` 
 ``_fingerprint`` field of its ``state.json``) is set by :func:`dataset_from_columns` to a SHA-256 of the
 split's content (feature spec + column bytes), not left to ``datasets``' own hashing: it is then the same
 for the same data whatever the versions of ``datasets`` and ``pyarrow``, and :func:`data_fingerprint` can
-read it back without touching the arrow files.
+read it back without touching the arrow files. :func:`load_prepared`, which feeds every run, recomputes the
+hash from the columns it read and refuses a split whose files no longer match it, so the fingerprint a
+record carries is the one of the data the run trained on.
 """
 
 from __future__ import annotations
@@ -64,6 +66,38 @@ def dataset_from_columns(columns: Mapping[str, Any], features: Any, split: str) 
         split=datasets.NamedSplit(split),
         fingerprint=content_fingerprint(columns, features),
     )
+
+
+def split_columns(dataset: Any) -> dict[str, Any]:
+    """A split's columns as :func:`dataset_from_columns` was given them: numpy arrays in their feature's
+    dtype (a ``ClassLabel`` as ``int64``), strings as a list."""
+    import datasets
+
+    columns: dict[str, Any] = {}
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Value) and feature.dtype == "string":
+            columns[name] = dataset[name]
+            continue
+        dtype = np.int64 if isinstance(feature, datasets.ClassLabel) else np.dtype(feature.dtype)
+        columns[name] = dataset.select_columns([name]).with_format("numpy", dtype=dtype)[:][name]
+    return columns
+
+
+def check_content(dataset: Any, path: Path, split: str) -> None:
+    """Raise if a loaded split's content hash differs from the fingerprint recorded when it was prepared."""
+    expected = _split_state(path, split)["_fingerprint"]
+    try:
+        actual = content_fingerprint(split_columns(dataset), dataset.features)
+    except Exception as err:  # noqa: BLE001 - whatever `datasets`/`pyarrow` raise on damaged files
+        raise DataSourceError(
+            f"{path / split}: unreadable ({type(err).__name__}: {err}); prepare it again"
+        ) from err
+    if actual != expected:
+        raise DataSourceError(
+            f"{path / split}: the data files do not match the fingerprint recorded when they were prepared "
+            f"({actual} against {expected} in state.json): they changed or are corrupted; prepare them again "
+            f"with `dvc repro -f prepare-{path.name}` (or `dvc checkout {path}`)"
+        )
 
 
 def _missing(path: Path, what: str) -> PreparedDataMissingError:
@@ -150,9 +184,10 @@ def load_prepared(
     """Images ``uint8 (N, H, W)`` and labels ``int64 (N,)`` of one split, read column-wise in bulk.
 
     ``label_column`` defaults to ``label``, or ``target`` where a split has no ``label`` (Omniglot's
-    ``one_shot_runs``).
+    ``one_shot_runs``). The split's content is checked against its fingerprint first (:func:`check_content`).
     """
     dataset = load_split(path, split)
+    check_content(dataset, Path(path), split)
     columns = dataset.column_names
     if label_column is None:
         label_column = "label" if "label" in columns or "target" not in columns else "target"

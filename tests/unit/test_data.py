@@ -551,6 +551,22 @@ def test_load_prepared_errors_name_the_path_and_the_fix(tmp_path):
     assert images.shape == (12, 105, 105) and targets.tolist() == [0, 1, 2, 1, 2, 0] * 2
 
 
+def test_prepared_data_changed_on_disk_is_refused_before_training(tmp_path):
+    sums, _ = fake_fashion(tmp_path / "src")
+    out = save_atomically(
+        build_fashion(tmp_path / "src", sums, tmp_path), tmp_path / "prepared" / "fashion_mnist"
+    )
+    (arrow,) = (out / "train").glob("*.arrow")
+    data = bytearray(arrow.read_bytes())
+    middle = len(data) // 2  # inside the image buffer, the bulk of the file: arrow still reads it
+    data[middle] ^= 0xFF
+    arrow.write_bytes(bytes(data))
+    with pytest.raises(DataSourceError, match=r"train: the data files do not match the fingerprint") as err:
+        load_prepared(out, "train")
+    assert "dvc repro -f prepare-fashion_mnist" in str(err.value)
+    load_prepared(out, "test")  # an untouched split still loads
+
+
 def test_content_fingerprint_depends_on_values_and_features():
     a = {"x": np.zeros((2, 2), np.uint8), "s": ["a", "b"]}
     b = {"x": np.zeros((2, 2), np.uint8), "s": ["a", "c"]}
