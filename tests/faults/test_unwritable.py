@@ -22,6 +22,7 @@ HOW = "make it writable (chmod u+w {d}) or run it from a copy you own"
 def test_prepare_into_an_unwritable_directory_fails_before_reading_the_source(
     tmp_path, read_only, unwritable
 ):
+    (tmp_path / "no-source-here").mkdir()  # a folder without the zips: reading it would fail
     read_only(tmp_path / unwritable)
     out = "data/prepared/omniglot"
     result = run_unprivileged(
