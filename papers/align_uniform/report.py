@@ -1,6 +1,7 @@
 """The alignment-and-uniformity report's own sections: do the two metrics rank the encoders as downstream
-accuracy does (Spearman's rho with a bootstrap interval over encoders), the (alignment, uniformity) plane
-coloured by accuracy, and the best direct-loss encoder against the best contrastive one."""
+accuracy does (Spearman's rho across every trained encoder, one per run, with a bootstrap interval), the
+(alignment, uniformity) plane coloured by accuracy, and the best direct-loss encoder against the best
+contrastive one."""
 
 from __future__ import annotations
 
@@ -25,16 +26,25 @@ LOSS_NAMES = {"ntxent": "NT-Xent", "align_uniform": "alignment + uniformity"}
 LOSS_MARKERS = {"ntxent": "o", "align_uniform": "s"}
 
 
+def _measured(context: ReportContext, dataset: str) -> list[list[dict]]:
+    """The records of each method that has every accuracy and geometry metric."""
+    groups = [context.groups.get((dataset, method), []) for method in context.methods]
+    keys = [*ACCURACIES, *GEOMETRY]
+    return [records for records in groups if records and all(k in records[0]["metrics"] for k in keys)]
+
+
+def encoder_runs(context: ReportContext, dataset: str) -> list[dict]:
+    """One point per trained encoder (a method at one seed): its metrics."""
+    keys = [*ACCURACIES, *GEOMETRY]
+    return [{k: r["metrics"][k] for k in keys} for records in _measured(context, dataset) for r in records]
+
+
 def encoder_means(context: ReportContext, dataset: str) -> list[dict]:
     """One point per method: its label, loss name and the mean over seeds of each metric it has."""
     points = []
-    for method in context.methods:
-        records = context.groups.get((dataset, method), [])
-        if not records:
-            continue
-        keys = [*ACCURACIES, *GEOMETRY]
-        if not all(k in records[0]["metrics"] for k in keys):
-            continue
+    keys = [*ACCURACIES, *GEOMETRY]
+    for records in _measured(context, dataset):
+        method = records[0]["method"]
         means = {k: statistics.fmean(r["metrics"][k] for r in records) for k in keys}
         points.append(
             {
@@ -111,24 +121,28 @@ def sections(context: ReportContext) -> list[str]:
         "",
         "## Do alignment and uniformity agree with downstream accuracy?",
         "",
-        "Each encoder (method) is one point: the mean over seeds of its metrics. Spearman's rho between each "
-        "metric and each accuracy across the encoders, with a 95% percentile-bootstrap interval (encoders "
-        f"resampled {BOOTSTRAP_SAMPLES} times). Both metrics are better when lower, so agreement is a negative "
-        "rho: reproduced if the interval lies below 0, reversed if above, else inconclusive.",
+        "Each trained encoder (a method at one seed) is one point, as each network is in the paper's figures. "
+        "Spearman's rho between each metric and each accuracy across the encoders, with a 95% "
+        f"percentile-bootstrap interval (encoders resampled {BOOTSTRAP_SAMPLES} times; the encoders of one "
+        "seed share initial weights and data order, so the interval is somewhat too narrow). Both metrics are "
+        "better when lower, so agreement is a negative rho: reproduced if the interval lies below 0, reversed "
+        "if above, else inconclusive.",
         "",
         "| dataset | metric | accuracy | encoders | Spearman rho [95% interval] | verdict |",
         "|---|---|---|---|---|---|",
     ]
     figures = []
     for dataset in context.datasets:
-        points = encoder_means(context, dataset)
+        points, encoders = encoder_means(context, dataset), encoder_runs(context, dataset)
         if len(points) < 3:
             continue
         for metric in GEOMETRY:
             for accuracy, name in ACCURACIES.items():
-                rho, low, high = spearman_interval([p[metric] for p in points], [p[accuracy] for p in points])
+                rho, low, high = spearman_interval(
+                    [e[metric] for e in encoders], [e[accuracy] for e in encoders]
+                )
                 lines.append(
-                    f"| {dataset} | {metric} | {name} | {len(points)} | {rho:.2f} [{low:.2f}, {high:.2f}] "
+                    f"| {dataset} | {metric} | {name} | {len(encoders)} | {rho:.2f} [{low:.2f}, {high:.2f}] "
                     f"| **{below_verdict(low, high, 0.0)}** |"
                 )
         name = FIGURE if len(context.datasets) == 1 else f"alignment_uniformity_{dataset}.png"
@@ -154,6 +168,7 @@ def sections(context: ReportContext) -> list[str]:
             "",
             *figures,
             "",
-            "Colour: linear-probe top-1. The paper's figure has the best encoders in the lower left.",
+            "One point per method, the mean over its seeds; colour: linear-probe top-1. The paper's figure has "
+            "the best encoders in the lower left.",
         ]
     return lines

@@ -265,9 +265,8 @@ def test_epochs_share_trains_a_method_for_part_of_every_profiles_epochs(tmp_path
         for p in ("smoke", "cpu", "gpu")
         for r in resolve_runs("align_uniform", REPO / "params.yaml", p)
     }
-    assert [runs[(p, "au_lam1")] for p in ("smoke", "cpu", "gpu")] == [1, 3, 100]
-    assert [runs[(p, "au_lam1_third_epochs")] for p in ("smoke", "cpu", "gpu")] == [1, 1, 33]
-    assert [runs[(p, "au_lam1_two_thirds_epochs")] for p in ("smoke", "cpu", "gpu")] == [1, 2, 67]
+    assert [runs[(p, "au_lam1")] for p in ("smoke", "cpu", "gpu")] == [1, 15, 100]
+    assert [runs[(p, "ntxent_t0_5_doubled")] for p in ("smoke", "cpu", "gpu")] == [2, 30, 200]
 
     def share(value):
         return lambda p: p["align_uniform"]["methods"]["au_lam1"].update(epochs_share=value)
@@ -275,13 +274,20 @@ def test_epochs_share_trains_a_method_for_part_of_every_profiles_epochs(tmp_path
     for bad in (0, -1, "half", True):
         with pytest.raises(ConfigError, match=r"method au_lam1, .*epochs_share must be a positive number"):
             resolve_runs("align_uniform", _params(tmp_path, share(bad)), "cpu")
-    doubled = {r.method: r.epochs for r in resolve_runs("align_uniform", _params(tmp_path, share(2)), "cpu")}
-    assert doubled["au_lam1"] == 6  # a budget check's doubled baseline: twice the profile's 3 epochs
+    for value, epochs in ((0.334, 5), (0.667, 10), (2, 30)):  # rounded to whole epochs of the cpu's 15
+        shared = {
+            r.method: r.epochs for r in resolve_runs("align_uniform", _params(tmp_path, share(value)), "cpu")
+        }
+        assert shared["au_lam1"] == epochs
+    smoke = {
+        r.method: r.epochs for r in resolve_runs("align_uniform", _params(tmp_path, share(0.334)), "smoke")
+    }
+    assert smoke["au_lam1"] == 1  # never below one epoch
 
     def undeclared(p):
         p["align_uniform"]["varies"] = ["loss", "views"]
 
-    with pytest.raises(ConfigError, match=r"methods\.\w+_epochs sets \['epochs_share'\]"):
+    with pytest.raises(ConfigError, match=r"methods\.ntxent_t0_5_doubled sets \['epochs_share'\]"):
         resolve_runs("align_uniform", _params(tmp_path, undeclared), "cpu")
 
 

@@ -189,7 +189,8 @@ def test_supcon_stability_section_takes_the_spread_of_the_grid_means(tmp_path):
 def test_align_uniform_section_ranks_the_encoders_and_draws_the_plane(tmp_path):
     from papers.align_uniform.report import sections, spearman_interval
 
-    # 8 encoders: accuracy falls exactly as alignment rises (rho = -1); uniformity rises with accuracy (+1)
+    # 8 methods x 2 seeds, 16 encoders: accuracy falls exactly as alignment rises (rho = -1); uniformity
+    # rises with accuracy (+1)
     groups, methods = {}, []
     for i in range(8):
         method = f"{'ntxent' if i % 2 else 'au'}_{i}"
@@ -205,8 +206,8 @@ def test_align_uniform_section_ranks_the_encoders_and_draws_the_plane(tmp_path):
     lines = sections(context)
     alignment_rows = [line for line in lines if line.startswith("| d | alignment |")]
     assert len(alignment_rows) == 2 and all(
-        "-1.00" in row and f"**{REPRODUCED}**" in row for row in alignment_rows
-    )
+        "| 16 | -1.00" in row and f"**{REPRODUCED}**" in row for row in alignment_rows
+    )  # one point per run, not per method
     uniformity_rows = [line for line in lines if line.startswith("| d | uniformity |")]
     assert all("1.00" in row and f"**{REVERSED}**" in row for row in uniformity_rows)
     assert (tmp_path / "alignment_uniformity.png").read_bytes()[:4] == b"\x89PNG"
@@ -250,9 +251,9 @@ def test_the_summary_names_what_the_methods_share_and_what_they_also_vary():
     )
     align_uniform = resolve_runs("align_uniform", "params.yaml", "cpu")
     assert _shared_setup(align_uniform, _budgets(align_uniform)) == (
-        ", sampler and optimizer",
-        "; the methods also differ in augmentation and budget (see their labels)",
-    )
+        ", sampler, optimizer and augmentation",
+        "; the methods also differ in budget (see their labels)",
+    )  # the budget check's ntxent_t0_5_doubled trains twice the epochs
 
 
 def test_a_sampler_set_per_dataset_is_shared_and_unequal_images_are_a_budget_difference():
