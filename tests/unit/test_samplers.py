@@ -28,6 +28,17 @@ def test_every_batch_has_p_classes_of_m_samples():
         assert len(classes) == 4 and counts.tolist() == [3, 3, 3, 3]
 
 
+def test_a_class_of_exactly_samples_per_class_gives_each_of_its_samples_once_a_batch():
+    labels = torch.cat([torch.full((3,), 5), _labels(num_classes=5, per_class=7)])  # class 5: 3 samples
+    sampler = MPerClassBatchSampler(
+        labels, classes_per_batch=3, samples_per_class=3, batches_per_epoch=40, seed=2
+    )
+    small_class = [sorted(i for i in batch if labels[i] == 5) for batch in sampler]
+    holding = [indices for indices in small_class if indices]
+    assert len(holding) >= 10, "too few batches drew the small class to test it"
+    assert all(indices == [0, 1, 2] for indices in holding)
+
+
 def test_a_class_smaller_than_samples_per_class_is_refused_naming_it():
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
     with pytest.raises(SamplerError, match="samples_per_class is 4, but class 1 has 2 samples"):
