@@ -22,7 +22,7 @@ traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,31 +49,13 @@ def _dvc_yaml(args: argparse.Namespace) -> None:
 
 
 def _papers(args: argparse.Namespace) -> None:
-    from common.commands import paper_status, render_table
-    from common.paper import load_paper
+    from common.commands import paper_status, papers_table
     from common.params import all_papers
 
     slugs = all_papers()
-    status = {} if args.no_status else paper_status(slugs)
-    rows = [["paper", "venue", "claims", *([] if args.no_status else ["report"]), "title"]]
-    for slug in slugs:
-        meta = load_paper(slug)
-        summary = Path("reports") / f"{slug}.json"
-        verdicts_text = "no report yet"
-        if summary.is_file():
-            claims = json.loads(summary.read_text())["claims"]
-            parts = []
-            for source, name in (("paper", "paper"), ("ours", "ours")):
-                verdicts = [c["verdict"] for c in claims if c.get("source", "paper") == source]
-                if verdicts:
-                    counted = ", ".join(f"{verdicts.count(v)} {v}" for v in sorted(set(verdicts)))
-                    parts.append(f"{name}: {counted}")
-            verdicts_text = "; ".join(parts)
-        report = [] if args.no_status else [status[slug] if summary.is_file() else "-"]
-        rows.append([slug, meta.venue, verdicts_text, *report, meta.title])
-    print("\n".join(render_table(rows, width=10_000)))
-    if status.get(""):
-        print(status[""])
+    status = None if args.no_status else paper_status(slugs)
+    width = args.width or min(shutil.get_terminal_size((100, 24)).columns, 100)
+    print("\n".join(papers_table(slugs, status, width)))
 
 
 def _reproduce(args: argparse.Namespace) -> None:
@@ -204,7 +186,14 @@ def parser() -> argparse.ArgumentParser:
         description="List every paper (papers/*/paper.yaml) with its claim verdicts and, from `dvc status`, "
         "whether its report is current or which of its stages are stale.",
     )
-    p.add_argument("--no-status", action="store_true", help="skip the `dvc status` check (a few seconds)")
+    p.add_argument(
+        "--no-status",
+        action="store_true",
+        help="skip the `dvc status` check (seconds the first time; reused while nothing it reads changed)",
+    )
+    p.add_argument(
+        "--width", type=int, help="the table's width in columns (default: the terminal's, at most 100)"
+    )
     p.set_defaults(func=_papers)
 
     p = sub.add_parser(

@@ -245,15 +245,72 @@ def _claims_table(claims: Sequence[dict]) -> list[list[str]]:
 # --------------------------------------------------------------------------------------------
 
 
+STATUS_CACHE = Path(".dvc") / "tmp" / "repro-papers-status.json"
+
+
+def _status_key(repo: Path = Path(".")) -> str:
+    """A hash of what ``dvc status`` reads: the pipeline files and the size and modification time of every
+    dependency and output they name (the files under a named folder included)."""
+    import hashlib
+
+    import yaml
+
+    digest = hashlib.sha256()
+    paths: set[str] = set()
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        path = repo / name
+        content = path.read_bytes() if path.is_file() else b""
+        digest.update(name.encode() + b"\0" + content + b"\0")
+        if name != "params.yaml" and content:
+            for stage in (yaml.load(content, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})[
+                "stages"
+            ].values():
+                for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
+                    if isinstance(
+                        entry, dict
+                    ):  # dvc.lock: {path: ..., md5: ...}; dvc.yaml: {path: {cache: ...}}
+                        paths.add(str(entry["path"]) if "path" in entry else str(next(iter(entry))))
+                    else:
+                        paths.add(str(entry))
+    for rel in sorted(paths):
+        target = repo / rel
+        files = sorted(target.rglob("*")) if target.is_dir() else [target]
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+                continue
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def paper_status(slugs: Sequence[str]) -> dict[str, str]:
-    """Per paper: ``current``, or ``stale: <stages>`` from ``dvc status`` (read as ``check-reports`` reads it)."""
+    """Per paper: ``current``, or ``stale: <stages>`` from ``dvc status`` (read as ``check-reports`` reads it).
+
+    ``dvc status`` takes seconds; its answer is kept in ``.dvc/tmp`` and reused while no file it reads has
+    changed (by size and modification time), so a second call answers at once.
+    """
+    from common.errors import StorageError
+    from common.records import write_atomically
     from common.staleness import stale_stages
 
+    key = _status_key()
     try:
-        stale = stale_stages(dvc=executable("dvc"))
-    except (subprocess.CalledProcessError, OSError, ValueError) as err:
-        reason = err.stderr.strip().splitlines()[-1] if getattr(err, "stderr", None) else str(err)
-        return dict.fromkeys(slugs, f"unknown ({reason[:80]})")
+        cached = json.loads(STATUS_CACHE.read_text())
+        stale = cached["stale"] if cached.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        stale = None
+    if stale is None:
+        try:
+            stale = stale_stages(dvc=executable("dvc"))
+        except (subprocess.CalledProcessError, OSError, ValueError) as err:
+            reason = err.stderr.strip().splitlines()[-1] if getattr(err, "stderr", None) else str(err)
+            return dict.fromkeys(slugs, f"unknown ({reason[:80]})")
+        with contextlib.suppress(
+            StorageError, OSError
+        ):  # a cache: a refused write costs the next call seconds
+            write_atomically(STATUS_CACHE, json.dumps({"key": key, "stale": stale}), "the status cache")
     result = {}
     for slug in slugs:
         mine = sorted(s for s in stale if s == f"report-{slug}" or s.startswith(f"run-{slug}-"))
@@ -262,6 +319,59 @@ def paper_status(slugs: Sequence[str]) -> dict[str, str]:
     if prepare:
         result[""] = f"stale data preparation: {', '.join(prepare)} (every paper on that dataset reruns)"
     return result
+
+
+VERDICT_ORDER = ("reproduced", "reversed", "no effect", "inconclusive")
+
+
+def verdict_counts(claims: Sequence[dict], source: str) -> str:
+    """``reproduced/reversed/no effect/inconclusive`` counts of one source's checks (``-`` if none)."""
+    verdicts = [c["verdict"] for c in claims if c.get("source", "paper") == source]
+    if not verdicts:
+        return "-"
+    return "/".join(str(verdicts.count(v)) for v in VERDICT_ORDER)
+
+
+def papers_table(slugs: Sequence[str], status: dict[str, str] | None, width: int) -> list[str]:
+    """``repro papers``: one row per paper (verdict counts, report status, title and venue cut to fit
+    ``width``), then the stale stages of each paper that has any."""
+    import textwrap
+
+    from common.paper import load_paper
+
+    rows = [["paper", "paper's claims", "our checks", *(["report"] if status is not None else [])]]
+    notes, titles = [], []
+    for slug in slugs:
+        meta = load_paper(slug)
+        summary = Path("reports") / f"{slug}.json"
+        claims = json.loads(summary.read_text())["claims"] if summary.is_file() else None
+        row = [slug, "no report yet", ""]
+        if claims is not None:
+            row = [slug, verdict_counts(claims, "paper"), verdict_counts(claims, "ours")]
+        if status is not None:
+            state = status[slug] if claims is not None else "-"
+            stages = state.removeprefix("stale: ").split(", ")
+            row.append(f"stale ({len(stages)})" if state.startswith("stale: ") else state)
+            if state.startswith("stale: "):
+                notes += textwrap.wrap(
+                    f"{slug}: stale: {', '.join(stages)}",
+                    width,
+                    subsequent_indent="    ",
+                    break_on_hyphens=False,
+                )
+        rows.append(row)
+        titles.append(f"{meta.title} ({meta.venue})")
+    room = max(width - sum(max(len(r[i]) + 2 for r in rows) for i in range(len(rows[0]))), 12)
+    rows[0].append("title")
+    for row, title in zip(rows[1:], titles, strict=True):
+        row.append(title if len(title) <= room else title[: room - 3].rstrip() + "...")
+    lines = render_table(rows, width=10_000)
+    lines += ["", "Counts: reproduced/reversed/no effect/inconclusive."]
+    if notes:
+        lines += ["", *notes]
+    if status is not None and status.get(""):
+        lines += textwrap.wrap(status[""], width, subsequent_indent="    ")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ each, exit status 2, no traceback). Their runs against a real smoke repository a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -184,3 +185,55 @@ def test_help_explains_every_command():
     for command in ("reproduce", "show", "ui", "papers"):
         sub = _repro(command, "--help")
         assert sub.returncode == 0 and "usage: repro " + command in sub.stdout
+
+
+def test_papers_counts_verdicts_by_source_fits_the_width_and_lists_stale_stages(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    claims = [
+        {"verdict": "reproduced", "source": "paper"},
+        {"verdict": "inconclusive", "source": "paper"},
+        {"verdict": "inconclusive"},  # a claim without a source is the paper's
+        {"verdict": "reversed", "source": "ours"},
+        {"verdict": "no effect", "source": "ours"},
+    ]
+    (tmp_path / "reports" / "sam.json").write_text(json.dumps({"claims": claims}))
+    stages = ", ".join(f"run-sam-fashion_mnist_noise{n}" for n in (20, 40, 60))
+    status = {"sam": f"stale: report-sam, {stages}", "supcon": "current"}
+    lines = commands.papers_table(["sam", "supcon"], status, width=80)
+    assert max(len(line) for line in lines) <= 80
+    rows = {line.split()[0]: re.split(r"\s{2,}", line) for line in lines[2:4]}
+    assert rows["sam"][1:4] == [
+        "1/0/0/2",
+        "0/1/1/0",
+        "stale (4)",
+    ]  # reproduced/reversed/no effect/inconclusive
+    assert rows["sam"][4].startswith("Sharpness-Aware") and rows["sam"][4].endswith("...")
+    assert rows["supcon"][1:3] == ["no report yet", "-"]  # no summary: nothing counted, no status
+    listed = " ".join(line.strip() for line in lines if not line.startswith(("sam ", "supcon ")))
+    assert f"sam: stale: report-sam, {stages}" in listed
+
+
+def test_papers_reuses_the_status_while_nothing_dvc_reads_changed(tmp_path, monkeypatch):
+    import common.staleness
+
+    monkeypatch.chdir(tmp_path)
+    dep = tmp_path / "common" / "loss.py"
+    dep.parent.mkdir()
+    dep.write_text("x = 1\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  run-a-d:\n    cmd: python -m common.runner a\n    deps: [common/loss.py]\n"
+        "    outs:\n      - records/a/d:\n          cache: false\n"
+    )
+    (tmp_path / "params.yaml").write_text("a: {}\n")
+    calls = []
+    monkeypatch.setattr(commands, "executable", lambda name: name)
+    monkeypatch.setattr(common.staleness, "stale_stages", lambda **_: calls.append(1) or {"run-a-d": ["x"]})
+    assert commands.paper_status(["a"]) == {"a": "stale: run-a-d"}
+    assert commands.paper_status(["a"]) == {"a": "stale: run-a-d"} and len(calls) == 1
+    dep.write_text("x = 22\n")  # a dependency changed: dvc status is asked again
+    commands.paper_status(["a"])
+    (tmp_path / "records" / "a" / "d").mkdir(parents=True)
+    (tmp_path / "records" / "a" / "d" / "seed0.json").write_text("{}")  # so did an output
+    commands.paper_status(["a"])
+    assert len(calls) == 3
