@@ -431,6 +431,47 @@ def experiment_links(base: str) -> list[str]:
     ]
 
 
+RUN_PROCESSES = (b"common.runner", b"certify")
+
+
+def runner_alive(proc: Path = Path("/proc")) -> bool:
+    """Whether a run stage (``common.runner``) or a certification runs on this machine. True where it
+    cannot tell (no ``/proc``), so that nothing live is ever taken for dead."""
+    if not proc.is_dir():
+        return True
+    me = str(os.getpid())
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or entry.name == me:
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if any(name in arguments for name in RUN_PROCESSES):
+            return True
+    return False
+
+
+def close_abandoned_runs(uri: str) -> int:
+    """Mark ``KILLED`` the runs a local store still shows ``RUNNING`` when no run stage runs on this machine
+    (their process was killed: SIGKILL, a closed terminal, power loss); the number marked. A team server's
+    runs may be live on other machines: they are left alone."""
+    if not uri.startswith("sqlite:") or runner_alive():
+        return 0
+    from mlflow.tracking import MlflowClient
+
+    from common.tracking import mark_abandoned
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return 0
+    running = client.search_runs(
+        experiments, filter_string="attributes.status = 'RUNNING'", max_results=10_000
+    )
+    return sum(mark_abandoned(run.info.run_id) for run in running)
+
+
 @contextlib.contextmanager
 def _stopped_on_exit(process: subprocess.Popen) -> Iterator[None]:
     """Stop the server however we leave: Ctrl-C reaches it with us (it shares our process group), a SIGTERM
@@ -470,6 +511,11 @@ def serve_ui(host: str, port: int, open_browser: bool = False, start_timeout_s: 
         print(f"the runs are logged to the MLflow server {uri}: open it in a browser")
         return
     _check_port(host, port)
+    closed = close_abandoned_runs(uri)
+    if closed:
+        print(
+            f"marked {closed} run(s) KILLED: MLflow showed them running, but no run stage runs on this machine"
+        )
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     command = [executable("mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     command += ["--workers", "1"]

@@ -237,3 +237,40 @@ def test_papers_reuses_the_status_while_nothing_dvc_reads_changed(tmp_path, monk
     (tmp_path / "records" / "a" / "d" / "seed0.json").write_text("{}")  # so did an output
     commands.paper_status(["a"])
     assert len(calls) == 3
+
+
+def _fake_proc(root: Path, commands_by_pid: dict[int, list[str]]) -> Path:
+    for pid, argv in commands_by_pid.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (root / "self").mkdir()  # not a process: skipped
+    return root
+
+
+def test_a_run_stage_or_a_certification_is_seen_alive_from_proc(tmp_path):
+    idle = _fake_proc(tmp_path / "a", {11: ["bash"], 12: ["python", "-m", "mlflow", "ui"]})
+    assert not commands.runner_alive(idle)
+    stage = _fake_proc(tmp_path / "b", {11: ["bash"], 13: ["python", "-m", "common.runner", "sam"]})
+    assert commands.runner_alive(stage)
+    certify = _fake_proc(tmp_path / "c", {14: ["/repo/.venv/bin/python", "-m", "common.cli", "certify"]})
+    assert commands.runner_alive(certify)
+    assert commands.runner_alive(tmp_path / "no-proc-here"), "where it cannot tell, it assumes a live run"
+
+
+def test_the_ui_closes_runs_left_running_only_when_no_run_stage_runs(tmp_path, monkeypatch, mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_store)
+    experiment = client.create_experiment("sam", artifact_location=(tmp_path / "artifacts").as_uri())
+    left = client.create_run(experiment).info.run_id  # a run whose process was killed: still RUNNING
+    done = client.create_run(experiment).info.run_id
+    client.set_terminated(done, status="FINISHED")
+
+    monkeypatch.setattr(commands, "runner_alive", lambda: True)
+    assert commands.close_abandoned_runs(mlflow_store) == 0
+    assert client.get_run(left).info.status == "RUNNING", "a run stage is running: its runs may be live"
+    monkeypatch.setattr(commands, "runner_alive", lambda: False)
+    assert commands.close_abandoned_runs("http://team-server:5000") == 0, "a server's runs may live elsewhere"
+    assert commands.close_abandoned_runs(mlflow_store) == 1
+    assert client.get_run(left).info.status == "KILLED" and "abandoned" in client.get_run(left).data.tags
+    assert client.get_run(done).info.status == "FINISHED"
