@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from common.errors import UserError
-from common.records import RecordError, read_record
+from common.records import CERTIFICATES, RecordError, read_record
 from common.tracking.mlflow_tracking import (
     PARAM_VALUE_LIMIT,
     RunTracker,
@@ -247,7 +247,8 @@ def stored_run(client: MlflowClient, record: dict[str, Any]) -> tuple[Run | None
 
 
 def record_files(records_root: Path, papers: Iterable[str] | None = None) -> list[Path]:
-    """Every run record under ``records_root`` (the runs of the reports and the tuning trials), sorted."""
+    """Every run record under ``records_root`` (the runs of the reports and the tuning trials), sorted; a
+    stage's ``certificates.json`` is not a run."""
     papers = list(papers) if papers else None
     if papers:
         missing = [p for p in papers if not (records_root / p).is_dir()]
@@ -256,7 +257,7 @@ def record_files(records_root: Path, papers: Iterable[str] | None = None) -> lis
         roots = [records_root / p for p in papers]
     else:
         roots = [records_root]
-    return sorted(path for root in roots for path in root.rglob("*.json"))
+    return sorted(path for root in roots for path in root.rglob("*.json") if path.name != CERTIFICATES)
 
 
 def read_records(paths: Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:

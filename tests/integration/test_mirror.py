@@ -119,6 +119,7 @@ def active_runs(client: MlflowClient) -> list:
 def test_a_mirrored_run_holds_the_record_and_a_second_mirror_adds_nothing(store, tmp_path):
     path, record = tiny_record(tmp_path)
     trial_path, trial = tiny_record(tmp_path, tuning_point="loss.margin=0.5")
+    (path.parents[1] / "certificates.json").write_text("[]")  # a stage's certificates: not a run
     summary = mirror_records(tmp_path, progress=False)
     assert sorted(summary.mirrored) == sorted(r["provenance"]["mlflow_run_id"] for r in (record, trial))
 
