@@ -265,13 +265,11 @@ def _status_key(repo: Path = Path(".")) -> str:
             for stage in (yaml.load(content, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})[
                 "stages"
             ].values():
+                # dvc.yaml: a path, or {path: {cache: ...}}; dvc.lock: {path: ..., md5: ...}
                 for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
-                    if isinstance(
-                        entry, dict
-                    ):  # dvc.lock: {path: ..., md5: ...}; dvc.yaml: {path: {cache: ...}}
-                        paths.add(str(entry["path"]) if "path" in entry else str(next(iter(entry))))
-                    else:
-                        paths.add(str(entry))
+                    if isinstance(entry, dict):
+                        entry = entry["path"] if "path" in entry else next(iter(entry))
+                    paths.add(str(entry))
     for rel in sorted(paths):
         target = repo / rel
         files = sorted(target.rglob("*")) if target.is_dir() else [target]
@@ -307,9 +305,7 @@ def paper_status(slugs: Sequence[str]) -> dict[str, str]:
         except (subprocess.CalledProcessError, OSError, ValueError) as err:
             reason = err.stderr.strip().splitlines()[-1] if getattr(err, "stderr", None) else str(err)
             return dict.fromkeys(slugs, f"unknown ({reason[:80]})")
-        with contextlib.suppress(
-            StorageError, OSError
-        ):  # a cache: a refused write costs the next call seconds
+        with contextlib.suppress(StorageError, OSError):  # a cache: a refused write costs only time
             write_atomically(STATUS_CACHE, json.dumps({"key": key, "stale": stale}), "the status cache")
     result = {}
     for slug in slugs:

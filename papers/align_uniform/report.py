@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ACCURACIES = {"top1_accuracy": "linear probe", "knn_accuracy": "k-NN"}
 GEOMETRY = ("alignment", "uniformity")
+METRICS = (*ACCURACIES, *GEOMETRY)
 BOOTSTRAP_SAMPLES = 2000
 FIGURE = "alignment_uniformity.png"
 LOSS_NAMES = {"ntxent": "NT-Xent", "align_uniform": "alignment + uniformity"}
@@ -29,26 +30,22 @@ LOSS_MARKERS = {"ntxent": "o", "align_uniform": "s"}
 def _measured(context: ReportContext, dataset: str) -> list[list[dict]]:
     """The records of each method that has every accuracy and geometry metric."""
     groups = [context.groups.get((dataset, method), []) for method in context.methods]
-    keys = [*ACCURACIES, *GEOMETRY]
-    return [records for records in groups if records and all(k in records[0]["metrics"] for k in keys)]
+    return [records for records in groups if records and all(k in records[0]["metrics"] for k in METRICS)]
 
 
 def encoder_runs(context: ReportContext, dataset: str) -> list[dict]:
     """One point per trained encoder (a method at one seed): its metrics."""
-    keys = [*ACCURACIES, *GEOMETRY]
-    return [{k: r["metrics"][k] for k in keys} for records in _measured(context, dataset) for r in records]
+    return [{k: r["metrics"][k] for k in METRICS} for records in _measured(context, dataset) for r in records]
 
 
 def encoder_means(context: ReportContext, dataset: str) -> list[dict]:
     """One point per method: its label, loss name and the mean over seeds of each metric it has."""
     points = []
-    keys = [*ACCURACIES, *GEOMETRY]
     for records in _measured(context, dataset):
-        method = records[0]["method"]
-        means = {k: statistics.fmean(r["metrics"][k] for r in records) for k in keys}
+        means = {k: statistics.fmean(r["metrics"][k] for r in records) for k in METRICS}
         points.append(
             {
-                "method": method,
+                "method": records[0]["method"],
                 "label": records[0]["label"],
                 "loss": records[0]["config"]["loss"]["name"],
                 **means,
