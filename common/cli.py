@@ -59,22 +59,29 @@ def _papers(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from common.commands import reproduce, reproduce_command
+    from common.commands import reproduce, reproduce_command, run_try
+    from common.params import load_params
 
-    sets = [*([f"profile={args.profile}"] if args.profile else []), *args.set]
-    reproduce(reproduce_command(args.paper, args.dataset, sets, force=args.force, dry=args.dry))
+    default = load_params(Path("params.yaml"))[0].profile
+    profile = args.profile or default
+    if profile != default or args.set:
+        reproduce_command(args.paper, args.dataset)  # checks the paper and dataset
+        run_try(args.paper, args.dataset, profile, args.set, dry=args.dry)
+        return
+    reproduce(reproduce_command(args.paper, args.dataset, force=args.force, dry=args.dry))
 
 
 def _show(args: argparse.Namespace) -> None:
-    from common.commands import show_report
+    from common.commands import show_report, try_workspace
 
-    print(show_report(args.paper, width=args.width, runs=args.runs, claims=not args.no_claims))
+    reports = try_workspace(args.try_name) / "reports" if args.try_name else Path("reports")
+    print(show_report(args.paper, reports, width=args.width, runs=args.runs, claims=not args.no_claims))
 
 
 def _ui(args: argparse.Namespace) -> None:
     from common.commands import serve_ui
 
-    serve_ui(args.host, args.port, open_browser=args.open)
+    serve_ui(args.host, args.port, open_browser=args.open, try_name=args.try_name)
 
 
 def _check_reports(args: argparse.Namespace) -> None:
@@ -201,20 +208,25 @@ def parser() -> argparse.ArgumentParser:
         help="rebuild one paper's report through DVC (`dvc repro report-PAPER`)",
         description="Run one paper's stages through DVC: `dvc repro report-PAPER` runs its run stages (train "
         "and evaluate every method x seed whose record is missing or stale) and then its report, preparing "
-        "the data first if needed. Parameter changes go through `dvc exp run -S KEY=VALUE` (they stay in "
-        "params.yaml, and the records and report of that run replace the workspace's; `dvc exp show` lists "
-        "them). Progress bars show the runs and the batches of each epoch.",
+        "the data first if needed. Another profile or a changed parameter (-S KEY=VALUE) is a try: the same "
+        "stages' commands run in a workspace of its own, tries/PROFILE[_KEY=VALUE...], with its own records, "
+        "report and MLflow store; the repository's records, reports, params.yaml and dvc.lock stay as they "
+        "are. Progress bars show the runs and the batches of each epoch.",
     )
     p.add_argument("paper", help="e.g. multi_similarity (`repro papers` lists them)")
     p.add_argument("--dataset", help="only this dataset's runs (`dvc repro run-PAPER-DATASET`), no report")
-    p.add_argument("--profile", choices=PROFILES, help="run on this profile: `dvc exp run -S profile=...`")
+    p.add_argument(
+        "--profile",
+        choices=PROFILES,
+        help="run on this profile (another than params.yaml's is a try, in tries/)",
+    )
     p.add_argument(
         "-S",
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change a parameter for this run: `dvc exp run -S KEY=VALUE` (repeatable)",
+        help="change a parameter, as a try in tries/ (repeatable; VALUE is read as YAML)",
     )
     p.add_argument(
         "-f",
@@ -237,6 +249,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", action="store_true", help="add the MLflow run ids of each row")
     p.add_argument("--no-claims", action="store_true", help="only the results tables")
     p.add_argument("--width", type=int, help="wrap tables at this width (default: the terminal's)")
+    p.add_argument(
+        "--try", dest="try_name", metavar="NAME", help="the report of the try tries/NAME (e.g. smoke)"
+    )
     p.set_defaults(func=_show)
 
     p = sub.add_parser(
@@ -250,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)"
     )
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument(
+        "--try", dest="try_name", metavar="NAME", help="the runs of the try tries/NAME (e.g. smoke)"
+    )
     p.add_argument("--open", action="store_true", help="also open it in the default web browser")
     p.set_defaults(func=_ui)
     return top

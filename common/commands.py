@@ -1,13 +1,15 @@
 """What a researcher does by hand on top of the pipeline: reproduce one paper, read its tables in the terminal,
 open the MLflow UI, see which reports are stale. The ``repro`` subcommands of the same names call these.
 
-Nothing here is a second pipeline: ``reproduce`` runs ``dvc repro`` (or ``dvc exp run``) on the paper's stage,
+Nothing here is a second pipeline: ``reproduce`` runs ``dvc repro`` on the paper's stage (a try of another
+profile or parameter runs the same stages' commands in a workspace of its own under tries/),
 ``show`` reads the report that stage wrote, ``ui`` starts ``mlflow ui`` on the store the runs were logged to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -62,14 +64,13 @@ def _dvc_stages(dvc_yaml: Path) -> list[str]:
 def reproduce_command(
     paper: str,
     dataset: str | None = None,
-    sets: Sequence[str] = (),
     force: bool = False,
     dry: bool = False,
     dvc_yaml: Path = Path("dvc.yaml"),
 ) -> list[str]:
     """The DVC command that rebuilds one paper: ``dvc repro report-PAPER`` (or one dataset's run stage).
 
-    Parameter changes (``sets``, e.g. ``profile=smoke``) go through ``dvc exp run -S``, as the README does.
+    Another profile or a changed parameter is a try, never a DVC run here (see ``run_try``).
     """
     from common.paper import load_paper
     from common.pipeline import report_stage, run_stage
@@ -88,15 +89,166 @@ def reproduce_command(
             f"{dvc_yaml} has no stage {target}: the paper was added after dvc.yaml was written; "
             "run `repro dvc-yaml` (and commit dvc.yaml)"
         )
+    return [executable("dvc"), "repro", *(["--force"] if force else []), *(["--dry"] if dry else []), target]
+
+
+# A try: another profile or a changed parameter runs in a workspace of its own under tries/, never in the
+# repository's records, reports, params.yaml, dvc.lock or MLflow store.
+TRIES = Path("tries")
+NOT_COPIED = ("records/", "reports/", "dvc.lock", "tries/")
+
+
+def try_name(profile: str, sets: Sequence[str]) -> str:
+    """The try's folder under tries/: its profile and changes, e.g. ``smoke`` or
+    ``cpu_arcface.train.optimizer.lr=0.01`` (long names end in a hash of the whole)."""
+    name = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join([profile, *sets]))
+    if len(name) > 80:
+        digest = hashlib.sha256("\0".join([profile, *sets]).encode()).hexdigest()[:10]
+        name = f"{name[:60]}-{digest}"
+    return name
+
+
+def apply_sets(params: dict, sets: Sequence[str]) -> dict:
+    """``params`` with each ``KEY=VALUE`` applied (a dotted key; the value read as YAML, as `dvc exp run -S`
+    does); a key below something that is not a mapping is refused, naming it."""
+    import copy
+
+    out = copy.deepcopy(params)
     for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set profile=smoke")
-    dvc = executable("dvc")
-    if sets:
-        command = [dvc, "exp", "run", *(a for item in sets for a in ("-S", item))]
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE, e.g. --set arcface.train.optimizer.lr=0.01"
+            )
+        key, value = item.split("=", 1)
+        node = out
+        *parents, last = key.split(".")
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"--set {item!r}: params.yaml's {where} is {node!r}, not a mapping of keys")
+        node[last] = _yaml_value(value)
+    return out
+
+
+def _yaml_value(text: str) -> object:
+    """A value as YAML 1.2 reads it (``1e-2`` is a number, where PyYAML's YAML 1.1 reads a string)."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and value == text.strip():
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+def _copied_files(root: Path) -> list[str]:
+    """The files a try copies: what git tracks or would track (untracked, not ignored), less the
+    repository's results; outside a git repository, the files of common/, papers/ and the top level."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if listing.returncode == 0:
+        files = [f for f in listing.stdout.split("\0") if f]
     else:
-        command = [dvc, "repro"]
-    return [*command, *(["--force"] if force else []), *(["--dry"] if dry else []), target]
+        files = [f.name for f in root.iterdir() if f.is_file()]
+        files += [str(f.relative_to(root)) for d in ("common", "papers") for f in (root / d).rglob("*.py")]
+        files += [str(f.relative_to(root)) for f in (root / "papers").rglob("*.yaml")]
+    return sorted(f for f in files if not f.startswith(NOT_COPIED) and (root / f).is_file())
+
+
+def prepare_try(paper: str, profile: str, sets: Sequence[str], root: Path = Path(".")) -> Path:
+    """The workspace ``tries/<name>`` of this try, made or brought up to date: a copy of the repository's
+    code and papers, ``data/prepared`` linked to the repository's, and ``params.yaml`` with the profile and
+    changes applied. Its records, reports, checkpoints and MLflow store (``mlflow.db``) stay, so a try
+    run again resumes and skips what it has done."""
+    import yaml
+
+    params = apply_sets(
+        yaml.safe_load((root / "params.yaml").read_text()) or {}, [f"profile={profile}", *sets]
+    )
+    workspace = root / TRIES / try_name(profile, sets)
+    for name in _copied_files(root):
+        target = workspace / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (workspace / "data").mkdir(exist_ok=True)
+    prepared = workspace / "data" / "prepared"
+    if not prepared.is_symlink():
+        prepared.symlink_to((root / "data" / "prepared").resolve(), target_is_directory=True)
+    return workspace
+
+
+def try_commands(
+    paper: str, dataset: str | None, workspace: Path, root: Path = Path(".")
+) -> list[tuple[Path, list[str]]]:
+    """What a try runs, and where: the data preparation stages' commands (in the repository, where the
+    prepared data is missing: the data is the repository's), then the run and report stages' commands (in
+    the workspace): those of dvc.yaml, the launcher resolved, without DVC, so nothing is locked or cached."""
+    import yaml
+
+    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    params = yaml.safe_load((workspace / "params.yaml").read_text()) or {}
+    launcher = str(params.get("launcher") or "python")
+    runs = sorted(
+        s for s in stages if s.startswith(f"run-{paper}-") and (dataset is None or s.endswith(f"-{dataset}"))
+    )
+    prepared = sorted(
+        {str(d) for s in runs for d in stages[s].get("deps", []) if str(d).startswith("data/prepared/")}
+    )
+    prepare = [(root, f"prepare-{Path(d).name}") for d in prepared if not (root / d).exists()]
+    report = [] if dataset else [(workspace, f"report-{paper}")]
+    commands = []
+    for where, stage in [*prepare, *((workspace, s) for s in runs), *report]:
+        command = stages[stage]["cmd"].replace("${launcher}", launcher).split()
+        commands.append((where, [sys.executable if command[0] == "python" else command[0], *command[1:]]))
+    return commands
+
+
+def run_try(
+    paper: str,
+    dataset: str | None,
+    profile: str,
+    sets: Sequence[str],
+    dry: bool = False,
+    root: Path = Path("."),
+) -> Path:
+    """Run a try (see ``prepare_try``; ``dry``: only print its commands) and say where its records, report and
+    MLflow store are."""
+    import shlex
+
+    workspace = prepare_try(paper, profile, sets, root)
+    env = stage_env()  # a store of the try's own, even where MLFLOW_TRACKING_URI names a team's server
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
+    print(
+        f"repro: a try in {workspace} (profile {profile}{''.join(f', {s}' for s in sets)}); "
+        "the repository's records, reports and params.yaml stay as they are",
+        flush=True,
+    )
+    for where, command in try_commands(paper, dataset, workspace, root):
+        shown = shlex.join(["python" if c == sys.executable else c for c in command])
+        print(f"repro: ({where}) {shown}", flush=True)
+        if dry:
+            continue
+        returncode = subprocess.run(command, cwd=where, env=env).returncode
+        if returncode == 130 or returncode == -signal.SIGINT:
+            raise KeyboardInterrupt
+        if returncode != 0:
+            raise ConfigError(
+                f"`{shown}` failed with exit status {returncode} (in {where}); its messages are above"
+            )
+    report = workspace / "reports" / f"{paper}.md"
+    name = workspace.name
+    print(
+        f"repro: the try's report: {report} (`repro show {paper} --try {name}`); its runs: "
+        f"`repro ui --try {name}`",
+        flush=True,
+    )
+    return workspace
 
 
 def reproduce(command: Sequence[str]) -> None:
@@ -394,11 +546,24 @@ def _check_port(host: str, port: int) -> None:
             ) from err
 
 
-def ui_store() -> str:
-    """The store ``mlflow ui`` should show: the one the runs are logged to; an error if it does not exist."""
+def try_workspace(name: str, root: Path = Path(".")) -> Path:
+    """The workspace of the try ``name`` (a folder of tries/); an error listing the tries if there is none."""
+    workspace = root / TRIES / name
+    if not workspace.is_dir():
+        tries = sorted(p.name for p in (root / TRIES).iterdir()) if (root / TRIES).is_dir() else []
+        raise ConfigError(
+            f"no try {name!r} in {root / TRIES}: its tries: {', '.join(tries) or 'none yet'} "
+            "(`repro reproduce PAPER --profile smoke` makes one)"
+        )
+    return workspace
+
+
+def ui_store(try_name: str | None = None) -> str:
+    """The store ``mlflow ui`` should show: the one the runs are logged to (a try's own, for a try); an error
+    if it does not exist."""
     from common.tracking.mlflow_tracking import absent_sqlite_store, tracking_uri
 
-    uri = tracking_uri()
+    uri = f"sqlite:///{(try_workspace(try_name) / 'mlflow.db').resolve()}" if try_name else tracking_uri()
     database = absent_sqlite_store(uri)
     if database is not None:
         raise ConfigError(
@@ -498,11 +663,17 @@ def _stopped_on_exit(process: subprocess.Popen) -> Iterator[None]:
         process.wait()
 
 
-def serve_ui(host: str, port: int, open_browser: bool = False, start_timeout_s: float = 180.0) -> None:
-    """Start ``mlflow ui`` on the runs' store, print its address once it answers, serve until Ctrl-C."""
+def serve_ui(
+    host: str,
+    port: int,
+    open_browser: bool = False,
+    start_timeout_s: float = 180.0,
+    try_name: str | None = None,
+) -> None:
+    """Start ``mlflow ui`` on the runs' store (a try's), print its address once it answers, serve until Ctrl-C."""
     from common.tracking.provenance import repo_root
 
-    uri = ui_store()
+    uri = ui_store(try_name)
     if uri.startswith(("http://", "https://")):
         print(f"the runs are logged to the MLflow server {uri}: open it in a browser")
         return

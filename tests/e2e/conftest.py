@@ -79,13 +79,13 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
-def make_smoke_repo(tmp_path_factory, name: str, omniglot: Path) -> Path:
+def make_smoke_repo(tmp_path_factory, name: str, omniglot: Path, profile: str = "smoke") -> Path:
     """A committed git copy of the working tree (no records, reports or lock) on the smoke profile."""
     repo = tmp_path_factory.mktemp(name) / "repo"
     repo.mkdir()
     copy_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profile"] = "smoke"
+    params["profile"] = profile
     params["data"]["omniglot"]["source_dir"] = str(omniglot)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "init", "-q")

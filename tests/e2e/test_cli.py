@@ -4,12 +4,14 @@ paper's report stage (nothing to do here, as nothing changed), `show` prints the
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from tests.e2e.conftest import BIN, PAPER_PARAMS
+from tests.e2e.conftest import BIN, PAPER_PARAMS, git, local_omniglot, make_smoke_repo, pipeline_env
 
 pytestmark = pytest.mark.e2e
 
@@ -69,3 +71,35 @@ def test_show_prints_the_reports_tables(smoke_repo):
         rows = [line for line in result.stdout.splitlines() if line.startswith(f"{method['label']}  ")]
         assert len(rows) == 2, method["label"]  # one per dataset
         assert all(re.search(r"\d+\.\d \(n=1\)", row) for row in rows)
+
+
+def test_a_try_of_another_profile_leaves_the_repository_as_it_was(tmp_path_factory):
+    """On a clean clone whose profile is cpu, `repro reproduce arcface --profile smoke` runs in tries/smoke:
+    the clone's git status stays clean (its records, reports, params.yaml and dvc.lock untouched), no run
+    enters the repository's MLflow store, and the try has its records, report and MLflow runs."""
+    repo = make_smoke_repo(tmp_path_factory, "try", local_omniglot(fashion_mnist=False), profile="cpu")
+    env = pipeline_env()
+    params = (repo / "params.yaml").read_text()
+    result = _repro(
+        repo, env, "reproduce", "arcface", "--profile", "smoke", "-S", "arcface.train.optimizer.lr=2e-3"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert git(repo, "status", "--porcelain") == ""
+    assert (repo / "params.yaml").read_text() == params and not (repo / "records").exists()
+    assert not (repo / "mlflow.db").exists() and not (repo / "reports").exists()
+
+    workspace = repo / "tries" / "smoke_arcface.train.optimizer.lr=2e-3"
+    records = [
+        json.loads(p.read_text()) for p in sorted((workspace / "records" / "arcface").rglob("seed*.json"))
+    ]
+    assert records and all(r["config"]["profile"] == "smoke" for r in records)
+    assert {r["config"]["optimizer"]["lr"] for r in records} == {0.002}
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("arcface").experiment_id])
+    assert {r.info.run_id for r in runs} == {r["provenance"]["mlflow_run_id"] for r in records}
+    shown = _repro(repo, env, "show", "arcface", "--try", workspace.name, "--width", "200")
+    assert shown.returncode == 0 and "profile smoke, seeds [0]" in shown.stdout, shown.stderr
+    missing = _repro(repo, env, "show", "arcface", "--try", "nope")
+    assert (
+        missing.returncode == 2 and f"no try 'nope' in tries: its tries: {workspace.name}" in missing.stderr
+    )

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from common import commands
 from common.commands import render_table, reproduce, reproduce_command, show_report
@@ -38,15 +39,80 @@ def test_reproduce_is_dvc_repro_of_the_papers_report_stage(monkeypatch):
         "--dry",
         "run-multi_similarity-omniglot",
     ]
-    assert reproduce_command("arcface", sets=["profile=smoke", "arcface.train.optimizer.lr=0.01"]) == [
-        dvc,
-        "exp",
-        "run",
-        "-S",
-        "profile=smoke",
-        "-S",
-        "arcface.train.optimizer.lr=0.01",
-        "report-arcface",
+
+
+def test_a_try_applies_its_changes_to_a_copy_of_params_and_names_its_folder_by_them():
+    params = {"profile": "cpu", "arcface": {"train": {"optimizer": {"name": "adam", "lr": 0.001}}}}
+    tried = commands.apply_sets(params, ["profile=smoke", "arcface.train.optimizer.lr=1e-2", "x.y=[1, 2]"])
+    assert tried["profile"] == "smoke" and tried["arcface"]["train"]["optimizer"] == {
+        "name": "adam",
+        "lr": 0.01,
+    }
+    assert tried["x"] == {"y": [1, 2]}
+    assert params["profile"] == "cpu" and params["arcface"]["train"]["optimizer"]["lr"] == 0.001  # a copy
+    assert commands.try_name("smoke", []) == "smoke"
+    assert (
+        commands.try_name("cpu", ["arcface.train.optimizer.lr=0.01"]) == "cpu_arcface.train.optimizer.lr=0.01"
+    )
+    assert commands.try_name("cpu", ["a/b=c d"]) == "cpu_a-b=c-d"
+    long = commands.try_name("cpu", ["k" * 100 + "=1"])
+    assert len(long) == 71 and long != commands.try_name("cpu", ["k" * 100 + "=2"])
+    with pytest.raises(ConfigError, match=r"--set 'profile': expected KEY=VALUE"):
+        commands.apply_sets(params, ["profile"])
+    with pytest.raises(
+        ConfigError, match=r"--set 'profile.x=1': params.yaml's profile is 'cpu', not a mapping"
+    ):
+        commands.apply_sets(params, ["profile.x=1"])
+
+
+def test_a_try_runs_the_stages_commands_in_its_own_workspace(tmp_path):
+    """The copy holds the code and papers but none of the repository's results; params.yaml is the try's;
+    the commands are dvc.yaml's, the launcher resolved, with the data preparation where data is missing."""
+    root = tmp_path / "repo"
+    for name, text in {
+        "params.yaml": "profile: cpu  # a comment\nlauncher: python\n",
+        "dvc.yaml": (
+            "stages:\n"
+            "  prepare-omniglot: {cmd: python -m common.data.prepare omniglot}\n"
+            "  run-p-omniglot: {cmd: '${launcher} -m common.runner p --dataset omniglot', "
+            "deps: [common/x.py, data/prepared/omniglot]}\n"
+            "  run-p-fashion_mnist: {cmd: '${launcher} -m common.runner p --dataset fashion_mnist', "
+            "deps: [data/prepared/fashion_mnist]}\n"
+            "  report-p: {cmd: python -m common.report.build p}\n"
+        ),
+        "common/x.py": "",
+        "records/p/omniglot/m/seed0.json": "{}",
+        "reports/p.md": "",
+        "dvc.lock": "",
+        "data/prepared/fashion_mnist/state.json": "{}",
+    }.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("/data/prepared/\n/tries/\n")
+    workspace = commands.prepare_try("p", "smoke", ["p.train.epochs=3"], root)
+    assert workspace == root / "tries" / "smoke_p.train.epochs=3"
+    copied = sorted(str(f.relative_to(workspace)) for f in workspace.rglob("*") if f.is_file())
+    assert copied == [".gitignore", "common/x.py", "dvc.yaml", "params.yaml"]
+    assert (workspace / "data" / "prepared").resolve() == (root / "data" / "prepared").resolve()
+    assert yaml.safe_load((workspace / "params.yaml").read_text()) == {
+        "profile": "smoke",
+        "launcher": "python",
+        "p": {"train": {"epochs": 3}},
+    }
+    assert (root / "params.yaml").read_text() == "profile: cpu  # a comment\nlauncher: python\n"
+    commands_ = commands.try_commands("p", None, workspace, root)
+    assert commands_ == [
+        (root, [PYTHON, "-m", "common.data.prepare", "omniglot"]),
+        (workspace, [PYTHON, "-m", "common.runner", "p", "--dataset", "fashion_mnist"]),
+        (workspace, [PYTHON, "-m", "common.runner", "p", "--dataset", "omniglot"]),
+        (workspace, [PYTHON, "-m", "common.report.build", "p"]),
+    ]
+    assert commands.try_commands("p", "fashion_mnist", workspace, root) == [commands_[1]]
+    (workspace / "params.yaml").write_text("launcher: accelerate launch --num_processes 2\n")
+    launched = ["accelerate", "launch", "--num_processes", "2", "-m", "common.runner", "p", "--dataset"]
+    assert commands.try_commands("p", "fashion_mnist", workspace, root) == [
+        (workspace, [*launched, "fashion_mnist"])
     ]
 
 
@@ -58,8 +124,6 @@ def test_reproduce_names_what_is_wrong(monkeypatch, tmp_path):
         reproduce_command("nope")
     with pytest.raises(ConfigError, match=r"no dataset 'mnist' .*its datasets: fashion_mnist, omniglot"):
         reproduce_command("multi_similarity", "mnist")
-    with pytest.raises(ConfigError, match="--set 'profile': expected KEY=VALUE"):
-        reproduce_command("multi_similarity", sets=["profile"])
     stale = tmp_path / "dvc.yaml"
     stale.write_text("stages:\n  index: {cmd: 'true'}\n")
     with pytest.raises(ConfigError, match=r"has no stage report-arcface: .* run `repro dvc-yaml`"):
