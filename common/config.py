@@ -694,3 +694,35 @@ def engine_loss_kwargs(run: RunConfig, model: Any, class_counts: list[int]) -> d
     }
     accepted = losses.LOSSES.accepted_params(run.loss.name)
     return {k: v for k, v in supplied.items() if k in accepted}
+
+
+def logged_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config (``RunConfig.model_dump(mode="json")``, as its record holds it) as MLflow params, each
+    component's (loss, optimizer, sampler, model) defaults filled in from its signature, so a run shows every
+    hyper-parameter it used, not only those params.yaml sets (a Multi-Similarity run shows ``loss.beta`` and
+    ``loss.base`` at 40 and 0.5 even where left unset)."""
+    import copy
+    import inspect
+
+    from common import losses, optim, samplers
+    from common.models.backbones import MODELS
+
+    params = copy.deepcopy(config)
+    components = (
+        ("loss", losses.LOSSES, ENGINE_LOSS_ARGS),
+        ("optimizer", optim.OPTIMIZERS, frozenset()),
+        (
+            "sampler",
+            samplers.SAMPLERS,
+            ENGINE_SAMPLER_ARGS,
+        ),  # the engine's values: params already (seed, ...)
+        ("model", MODELS, frozenset()),
+    )
+    for key, registry, engine_args in components:
+        component = params.get(key)
+        if not isinstance(component, dict) or component.get("name") not in registry:
+            continue
+        for name, default in registry.accepted_params(component["name"]).items():
+            if name not in component and name not in engine_args and default is not inspect.Parameter.empty:
+                component[name] = list(default) if isinstance(default, tuple) else default
+    return params

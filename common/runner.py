@@ -42,6 +42,7 @@ from common.config import (
     RunConfig,
     TuneSpec,
     apply_point,
+    logged_params,
     point_label,
     resolve_runs,
     resolve_trials,
@@ -51,7 +52,7 @@ from common.data.loading import data_fingerprint, load_prepared, load_split
 from common.data.transforms import fixed_subset, holdout_indices, long_tailed_indices, noisy_labels
 from common.engine import parallel
 from common.engine.evaluation import CORRUPTIONS, CorruptedTests, OneShotRuns, SplitTensors
-from common.engine.trainer import fit_and_evaluate, to_model_input
+from common.engine.trainer import fit_and_evaluate, latest_checkpoint, to_model_input
 from common.errors import UserError, check_writable_dir, run_command
 from common.params import ConfigError
 from common.pipeline import run_code_hash, run_stage
@@ -62,6 +63,7 @@ from common.tracking.mlflow_tracking import check_tracking_store, run_name
 from common.tracking.provenance import git_commit, git_dirty, hardware, versions
 
 PREPARED_ROOT = Path("data/prepared")
+CHECKPOINT_ARTIFACT = "checkpoint"  # a run's final checkpoint among its MLflow artifacts
 CHECKPOINTS_ROOT = Path("checkpoints")
 ATTEMPTS_FILE = "mlflow_attempts.json"
 
@@ -192,13 +194,15 @@ def _checkpoint_dir(
     run: RunConfig,
     code_hash: str,
     data: str,
-    world_size: int,
+    accelerator: Accelerator,
     point: dict[str, Any] | None = None,
 ) -> Path:
-    """The checkpoints of exactly this run: its config, code, data (fingerprint) and world size name the
-    folder, so a run resumes only what it would itself have computed."""
+    """The checkpoints of exactly this run: its config, code, data (fingerprint) and what computes it (the
+    device, the number of processes, the torch threads of each) name the folder, so a run resumes only what
+    it would itself have computed, and its record's provenance is what trained it."""
     method = Path("_tuning", run.method) if run.holdout is not None else Path(run.method)
-    name = f"{_checkpoint_prefix(run, point)}{run.config_hash()}-{code_hash}-{data}-w{world_size}"
+    machine = f"{accelerator.device.type}-w{accelerator.num_processes}-t{torch.get_num_threads()}"
+    name = f"{_checkpoint_prefix(run, point)}{run.config_hash()}-{code_hash}-{data}-{machine}"
     return root / run.paper / run.dataset / method / name
 
 
@@ -446,7 +450,7 @@ def _train_and_record(
     point = extra.get("tuning_point")
     fingerprint = context.fingerprints[run.data]
     checkpoint_dir = _checkpoint_dir(
-        context.checkpoints_root, run, code_hash, fingerprint, accelerator.num_processes, point
+        context.checkpoints_root, run, code_hash, fingerprint, accelerator, point
     )
     attempts_file = checkpoint_dir / ATTEMPTS_FILE
     earlier = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
@@ -482,7 +486,7 @@ def _train_and_record(
         tags["resumed_from"] = earlier[-1]
     started = time.perf_counter()
     name = run_name(run.method, run.dataset, run.seed, tags.get("tuning_point"))
-    with RunTracker(paper, name, run.model_dump(mode="json"), tags, enabled=main) as tracker:
+    with RunTracker(paper, name, logged_params(run.model_dump(mode="json")), tags, enabled=main) as tracker:
         if main:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             attempts_file.write_text(json.dumps([*earlier, tracker.run_id]))
@@ -525,6 +529,10 @@ def _train_and_record(
             }
             write_record(path, record)
             tracker.log_artifact(str(path), "record")
+            final, _ = latest_checkpoint(checkpoint_dir)
+            if final is not None:  # the trained weights (and optimizer state): `repro evaluate` loads them back
+                for file in sorted(final.iterdir()):
+                    tracker.log_artifact(str(file), CHECKPOINT_ARTIFACT)
     if main:  # the record holds the result; keep only this config's final checkpoint
         prefix = _checkpoint_prefix(run, point)  # no other run of the stage, which may be training now
         for other in checkpoint_dir.parent.iterdir():

@@ -26,6 +26,7 @@ import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
+from common.config import logged_params
 from common.errors import UserError
 from common.records import CERTIFICATES, RecordError, read_record
 from common.tracking.mlflow_tracking import (
@@ -123,7 +125,8 @@ def record_tags(record: dict[str, Any]) -> dict[str, str]:
 
 
 def record_params(record: dict[str, Any]) -> dict[str, str]:
-    return {k: v[:PARAM_VALUE_LIMIT] for k, v in flatten(record["config"]).items()}
+    """The params a run of the record logs: its config, with each component's defaults (``logged_params``)."""
+    return {k: v[:PARAM_VALUE_LIMIT] for k, v in flatten(logged_params(record["config"])).items()}
 
 
 def _steps(record: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
@@ -158,10 +161,14 @@ def differences(run: Run, record: dict[str, Any]) -> list[str]:
         if tags.get(key) != value:
             found.append(f"tag {key}={tags.get(key)!r}, record says {value!r}")
     params = record_params(record)
-    if run.data.params != params:
-        keys = sorted(
-            k for k in params.keys() | run.data.params.keys() if params.get(k) != run.data.params.get(k)
-        )
+    # a run logged before defaults were params lacks those keys only: the config's own must all match
+    defaults = params.keys() - flatten(record["config"]).keys() - run.data.params.keys()
+    keys = sorted(
+        k
+        for k in params.keys() | run.data.params.keys()
+        if k not in defaults and params.get(k) != run.data.params.get(k)
+    )
+    if keys:
         found.append(f"params differ: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
     for key, value in latest_metrics(record).items():
         if not _same(run.data.metrics.get(key), value):
@@ -306,7 +313,22 @@ def _write(client: MlflowClient, root: Path, path: Path, record: dict[str, Any])
         ORIGINAL_RUN_ID: provenance["mlflow_run_id"],
         MIRRORED_FROM: path.as_posix(),
     }
-    tracker = RunTracker(provenance["mlflow_experiment"], record_run_name(record), record["config"], tags)
+    ended = (
+        datetime.fromisoformat(provenance["finished_at"]).timestamp() if "finished_at" in provenance else None
+    )
+    times = {}
+    if ended is not None:  # the training's own times, not the mirror's
+        times = {
+            "end_time": round(ended * 1000),
+            "start_time": round((ended - provenance.get("duration_s", 0)) * 1000),
+        }
+    tracker = RunTracker(
+        provenance["mlflow_experiment"],
+        record_run_name(record),
+        logged_params(record["config"]),
+        tags,
+        **times,
+    )
     try:
         with tracker:
             for step, metrics in _steps(record):

@@ -238,16 +238,26 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# MLflow 3 opens an experiment on the view its kind names; without the tag it guesses the GenAI overview
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment ``name`` (created if new), marked as one of training runs (``EXPERIMENT_KIND``)."""
     uri = client.tracking_uri
     experiment = _retry(lambda: client.get_experiment_by_name(name), uri=uri)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
+            _retry(lambda: client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND), uri=uri)
         return experiment.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:"):
         artifact_location = (repo_root() / "mlartifacts" / name).as_uri()
+    tags = dict([EXPERIMENT_KIND])
     try:
-        return _retry(lambda: client.create_experiment(name, artifact_location=artifact_location), uri=uri)
+        return _retry(
+            lambda: client.create_experiment(name, artifact_location=artifact_location, tags=tags), uri=uri
+        )
     except MlflowException:  # created meanwhile by a concurrent writer
         experiment = _retry(lambda: client.get_experiment_by_name(name), uri=uri)
         if experiment is None:
@@ -295,8 +305,14 @@ class RunTracker:
         params: Mapping[str, Any],
         tags: Mapping[str, Any],
         enabled: bool = True,
+        start_time: int | None = None,
+        end_time: int | None = None,
     ) -> None:
+        """``start_time``, ``end_time`` (ms since the epoch): a run logged after the fact (a mirror) keeps
+        the times of its training; unset, MLflow's clock at the start and the end."""
         self.experiment = experiment
+        self.start_time = start_time
+        self.end_time = end_time
         self.run_name = run_name
         self.params = flatten(params)
         self.tags = {k: str(v) for k, v in tags.items()}
@@ -312,7 +328,10 @@ class RunTracker:
         self._client = _client(self._uri)
         exp_id = experiment_id(self._client, self.experiment)
         run = _retry(
-            lambda: self._client.create_run(exp_id, run_name=self.run_name, tags=self.tags), uri=self._uri
+            lambda: self._client.create_run(
+                exp_id, run_name=self.run_name, tags=self.tags, start_time=self.start_time
+            ),
+            uri=self._uri,
         )
         self.run_id = run.info.run_id
         params = [Param(k, v[:PARAM_VALUE_LIMIT]) for k, v in sorted(self.params.items())]
@@ -334,7 +353,11 @@ class RunTracker:
         try:
             if exc_type is not None:
                 self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
-            _retry(lambda: self._client.set_terminated(self.run_id, status=status), uri=self._uri)
+            end_time = self.end_time if exc_type is None else None
+            _retry(
+                lambda: self._client.set_terminated(self.run_id, status=status, end_time=end_time),
+                uri=self._uri,
+            )
         except MlflowException as err:
             if exc_type is None:
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,18 +21,21 @@ from tests.integration.test_runner import tiny_params
 pytestmark = pytest.mark.distributed
 
 
-def _run_stage(workdir: Path, prepared: Path, processes: int, edit=None) -> subprocess.CompletedProcess:
+def _run_stage(
+    workdir: Path, prepared: Path, processes: int, edit=None, threads: int = 1
+) -> subprocess.CompletedProcess:
     """`repro run multi_similarity --dataset omniglot` in ``workdir``, under `accelerate launch` if > 1."""
-    workdir.mkdir(exist_ok=True)
-    (workdir / "data").mkdir()
-    (workdir / "data" / "prepared").symlink_to(prepared)
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    if not (workdir / "data" / "prepared").exists():
+        (workdir / "data" / "prepared").symlink_to(prepared)
     tiny_params(workdir, edit=edit, epochs=2, batches_per_epoch=3)
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
         "PYTHONPATH": str(Path.cwd()),
         "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "REPRO_THREADS": str(threads),
     }
     command = [sys.executable]
     if processes > 1:
@@ -56,6 +60,32 @@ def test_two_process_launch_trains_every_run_once(tmp_path, tiny_prepared):
     runs = client.search_runs([client.get_experiment_by_name("multi_similarity").experiment_id])
     assert sorted(r.info.run_id for r in runs) == sorted(r["provenance"]["mlflow_run_id"] for r in records)
     assert all(r.data.tags["world_size"] == "2" and r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_run_never_resumes_a_checkpoint_that_other_processes_or_threads_computed(tmp_path, tiny_prepared):
+    """The stage trains on 1 process, its records are dropped (the checkpoints stay, as after a run killed
+    before its record): the same stage again resumes them; on 2 processes, or on 1 process of 2 threads, it
+    does not, so each record says what trained it."""
+    records, checkpoints = tmp_path / "records", tmp_path / "checkpoints"
+
+    def run(processes: int, threads: int = 1) -> list[dict]:
+        shutil.rmtree(records, ignore_errors=True)
+        _run_stage(tmp_path, tiny_prepared, processes=processes, threads=threads)
+        return [json.loads(p.read_text()) for p in sorted(records.rglob("seed*.json"))]
+
+    one = run(processes=1)
+    assert one and all(r["provenance"]["world_size"] == 1 for r in one)
+    shutil.copytree(checkpoints, tmp_path / "one-process")
+    for processes, threads, resumes in ((1, 1, True), (2, 1, False), (1, 2, False)):
+        shutil.rmtree(checkpoints)  # a finished run keeps only its own final checkpoint: restore the first's
+        shutil.copytree(tmp_path / "one-process", checkpoints)
+        again = run(processes, threads)
+        assert len(again) == len(one)
+        expected = [2 if resumes else 0] * len(one)  # the control: the same ones resume (from the last epoch)
+        assert [r["provenance"]["resumed_from_epoch"] for r in again] == expected, (processes, threads)
+        assert {(r["provenance"]["world_size"], r["provenance"]["threads"]) for r in again} == {
+            (processes, threads)
+        }
 
 
 def _global_batch(classes_per_batch: int):

@@ -138,8 +138,14 @@ def test_a_mirrored_run_holds_the_record_and_a_second_mirror_adds_nothing(store,
             "epochs": "2",
             "loss.name": "contrastive",
             "loss.margin": "0.5",
+            "loss.neg_margin": "0.5",  # the loss's defaults are params too
+            "loss.pos_margin": "1.0",
             "optimizer.lr": "0.01",
         }
+        # the training's times (finished_at, duration_s), not the mirror's
+        assert (run.info.start_time, run.info.end_time) == (1767225598500, 1767225600000)
+        experiment = store.get_experiment(run.info.experiment_id)
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
         history = store.get_metric_history(run.info.run_id, "train_loss")
         assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.7)]
         [final] = store.get_metric_history(run.info.run_id, "map_at_r")

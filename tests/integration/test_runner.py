@@ -14,6 +14,7 @@ from common.engine.trainer import NonFiniteLossError
 from common.params import ConfigError
 from common.records import read_paper_records
 from common.runner import CodeChangedError, run_paper
+from common.tracking.mirror import record_params
 from tests.conftest import REPO
 
 
@@ -67,6 +68,10 @@ def test_runs_write_records_and_mlflow_runs_then_skip(tmp_path, tiny_prepared, m
         assert run.data.tags["params_hash"] == record["config_hash"]
         assert run.data.tags["dvc_stage"] == f"run-multi_similarity-{record['dataset']}"
         assert run.data.params["loss.name"] == record["config"]["loss"]["name"]
+        assert run.data.params == record_params(record), "the config and each component's defaults"
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        checkpoint = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert {"model.safetensors", "optimizer.bin", "history.json"} <= checkpoint
         assert run.data.metrics["recall_at_1"] == pytest.approx(record["metrics"]["recall_at_1"])
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert [m.step for m in history] == [1, 2]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import LrSchedule, RunConfig, load_paper_section, resolve_runs
+from common.config import LrSchedule, RunConfig, load_paper_section, logged_params, resolve_runs
 from common.paper import load_paper
 from common.params import ConfigError
 
@@ -318,3 +318,32 @@ def test_a_run_without_the_later_settings_keeps_its_config_and_hash():
     assert scheduled.model_dump(mode="json")["lr_schedule"]["name"] == "cosine"
     assert scheduled.config_hash() != run.config_hash()
     assert RunConfig.model_validate(scheduled.model_dump(mode="json")) == scheduled
+
+
+def test_logged_params_hold_every_hyper_parameter_the_run_used():
+    """MLflow params: the config plus each component's defaults, but not what the engine supplies (a sampler's
+    seed and batches per epoch come from the run itself), and the config itself is left as it was."""
+    [run] = [
+        r
+        for r in resolve_runs("multi_similarity", REPO / "params.yaml", "cpu")
+        if r.method == "multi_similarity"
+    ][:1]
+    config = run.model_dump(mode="json")
+    params = logged_params(config)
+    assert params["loss"] == {
+        "name": "multi_similarity",
+        "beta": 40,
+        "base": 0.5,
+        "alpha": 2.0,
+        "epsilon": 0.1,
+        "mining": True,
+    }
+    assert params["optimizer"] == {"name": "adam", "lr": config["optimizer"]["lr"], "weight_decay": 0.0}
+    assert params["sampler"] == {"name": "m_per_class", "samples_per_class": 4, "classes_per_batch": 16}
+    assert (
+        params["model"]["batch_norm"] is True and params["batches_per_epoch"] == config["batches_per_epoch"]
+    )
+    assert config["loss"] == {"name": "multi_similarity", "beta": 40, "base": 0.5}
+    assert {k: v for k, v in params.items() if k not in ("loss", "optimizer", "sampler", "model")} == {
+        k: v for k, v in config.items() if k not in ("loss", "optimizer", "sampler", "model")
+    }
