@@ -4,6 +4,8 @@
     repro reproduce PAPER            rebuild one paper: `dvc repro report-PAPER` (its runs first if needed)
     repro show PAPER                 print the paper's results tables and claim verdicts in the terminal
     repro ui [--port N]              start `mlflow ui` on the runs' store and print its address
+    repro compare PAPER              the methods across seeds (mean ± sd, n), from the MLflow store
+    repro evaluate RECORD ...        load runs' weights back from MLflow, evaluate again beside the records
     repro prepare DATASET            raw source -> data/prepared/DATASET (python -m common.data.prepare)
     repro run PAPER [--dataset D]    train and evaluate a paper's runs (python -m common.runner)
     repro report PAPER               records -> reports/PAPER.md (python -m common.report.build)
@@ -76,6 +78,22 @@ def _show(args: argparse.Namespace) -> None:
 
     reports = try_workspace(args.try_name) / "reports" if args.try_name else Path("reports")
     print(show_report(args.paper, reports, width=args.width, runs=args.runs, claims=not args.no_claims))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from common.commands import compare_runs, try_workspace
+    from common.params import load_params
+
+    profile = args.profile or load_params(Path("params.yaml"))[0].profile
+    uri = f"sqlite:///{(try_workspace(args.try_name) / 'mlflow.db').resolve()}" if args.try_name else None
+    print("\n".join(compare_runs(args.paper, profile, args.metric, args.dataset, uri=uri)))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from common.evaluate import main
+
+    if main([Path(p) for p in args.records]):
+        raise SystemExit(1)
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -253,6 +271,31 @@ def parser() -> argparse.ArgumentParser:
         "--try", dest="try_name", metavar="NAME", help="the report of the try tries/NAME (e.g. smoke)"
     )
     p.set_defaults(func=_show)
+
+    p = sub.add_parser(
+        "compare",
+        help="the methods side by side across seeds, from the MLflow store (mean ± sd, n)",
+        description="Group the paper's finished runs in the MLflow store by dataset and method (the latest run "
+        "of each seed, tuning trials left out) and print each metric's mean, standard deviation and n.",
+    )
+    p.add_argument("paper", help="e.g. multi_similarity")
+    p.add_argument(
+        "--metric", action="append", default=[], help="a metric (repeatable; default: the claims')"
+    )
+    p.add_argument("--dataset", help="only this dataset")
+    p.add_argument("--profile", choices=PROFILES, help="runs of this profile (default: params.yaml's)")
+    p.add_argument("--try", dest="try_name", metavar="NAME", help="the runs of the try tries/NAME")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="load runs' trained weights back from MLflow and evaluate them again beside their records",
+        description="For each record, download its run's final checkpoint (the MLflow artifact checkpoint/), "
+        "evaluate it on the prepared data with the record's config and threads, and print each metric beside "
+        "the record's; exit status 1 if any differs.",
+    )
+    p.add_argument("records", nargs="+", help="records/PAPER/DATASET/METHOD/seedN.json")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
         "ui",

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from common.params import ConfigError
 
@@ -590,6 +591,73 @@ def experiment_links(base: str) -> list[str]:
         for e in sorted(experiments, key=lambda e: e["name"])
         if e["name"] != "Default"
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# repro compare PAPER: the methods side by side across seeds, from the MLflow store
+# --------------------------------------------------------------------------------------------
+
+
+def compare_runs(
+    paper: str, profile: str, metrics: Sequence[str] = (), dataset: str | None = None, uri: str | None = None
+) -> list[str]:
+    """Mean, standard deviation and n over seeds of each (dataset, method) of the paper's finished runs of
+    ``profile`` in the MLflow store (the latest run of each seed; tuning trials left out), for ``metrics``
+    (default: those the paper's claims read)."""
+    import statistics
+
+    from mlflow.tracking import MlflowClient
+
+    from common.paper import load_paper
+    from common.tracking.mlflow_tracking import tracking_uri
+
+    meta = load_paper(paper)
+    metrics = list(metrics) or sorted({c.metric for c in meta.claims})
+    client = MlflowClient(uri or tracking_uri())
+    experiment = client.get_experiment_by_name(paper)
+    if experiment is None:
+        raise ConfigError(
+            f"the MLflow store {client.tracking_uri} has no experiment {paper!r}: run its stages first"
+        )
+    latest: dict[tuple[str, str, str], Any] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"attributes.status = 'FINISHED' and tags.profile = '{profile}'",
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            tags = run.data.tags
+            if "tuning_point" in tags or (dataset and tags.get("dataset") != dataset):
+                continue
+            key = (tags.get("dataset", "?"), tags.get("method", "?"), tags.get("seed", "?"))
+            if key not in latest or run.info.start_time > latest[key].info.start_time:
+                latest[key] = run
+        token = page.token
+        if not token:
+            break
+    if not latest:
+        raise ConfigError(f"no finished {profile} runs of {paper} in {client.tracking_uri}")
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for (ds, method, _), run in sorted(latest.items()):
+        groups.setdefault((ds, method), []).append(run)
+    header = ["dataset", "method", "n", *metrics]
+    rows = []
+    for (ds, method), runs in groups.items():
+        cells = []
+        for metric in metrics:
+            values = [r.data.metrics[metric] for r in runs if metric in r.data.metrics]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}" if values else "-")
+        rows.append([ds, method, str(len(runs)), *cells])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        f"{paper}: finished {profile} runs in {client.tracking_uri}, mean ± standard deviation over seeds"
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return lines
 
 
 RUN_PROCESSES = (b"common.runner", b"certify")
