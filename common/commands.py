@@ -97,6 +97,8 @@ def reproduce_command(
 # repository's records, reports, params.yaml, dvc.lock or MLflow store.
 TRIES = Path("tries")
 NOT_COPIED = ("records/", "reports/", "dvc.lock", "tries/")
+# what a try writes in its workspace, kept from one run of the try to the next
+TRY_OUTPUTS = ("records/", "reports/", "checkpoints/", "mlflow.db", "mlartifacts/", "data/")
 
 
 def try_name(profile: str, sets: Sequence[str]) -> str:
@@ -172,7 +174,14 @@ def prepare_try(paper: str, profile: str, sets: Sequence[str], root: Path = Path
         yaml.safe_load((root / "params.yaml").read_text()) or {}, [f"profile={profile}", *sets]
     )
     workspace = root / TRIES / try_name(profile, sets)
-    for name in _copied_files(root):
+    files = _copied_files(root)
+    if workspace.is_dir():  # a file the repository no longer has goes from the copy too
+        copied = set(files)
+        for old in [p for p in workspace.rglob("*") if p.is_file() and not p.is_symlink()]:
+            name = old.relative_to(workspace).as_posix()
+            if not name.startswith(TRY_OUTPUTS) and name != "params.yaml" and name not in copied:
+                old.unlink()
+    for name in files:
         target = workspace / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / name, target)
@@ -225,6 +234,9 @@ def run_try(
     workspace = prepare_try(paper, profile, sets, root)
     env = stage_env()  # a store of the try's own, even where MLFLOW_TRACKING_URI names a team's server
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
+    env["DVC_ROOT"] = str(
+        workspace.resolve()
+    )  # the runs' root (their MLflow artifacts): the try's, not git's
     print(
         f"repro: a try in {workspace} (profile {profile}{''.join(f', {s}' for s in sets)}); "
         "the repository's records, reports and params.yaml stay as they are",

@@ -87,6 +87,7 @@ def test_a_try_of_another_profile_leaves_the_repository_as_it_was(tmp_path_facto
     assert git(repo, "status", "--porcelain") == ""
     assert (repo / "params.yaml").read_text() == params and not (repo / "records").exists()
     assert not (repo / "mlflow.db").exists() and not (repo / "reports").exists()
+    assert not (repo / "mlartifacts").exists(), "the try's artifacts are the try's"
 
     workspace = repo / "tries" / "smoke_arcface.train.optimizer.lr=2e-3"
     records = [
@@ -97,6 +98,7 @@ def test_a_try_of_another_profile_leaves_the_repository_as_it_was(tmp_path_facto
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("arcface").experiment_id])
     assert {r.info.run_id for r in runs} == {r["provenance"]["mlflow_run_id"] for r in records}
+    assert (workspace / "mlartifacts" / "arcface").is_dir()
     shown = _repro(repo, env, "show", "arcface", "--try", workspace.name, "--width", "200")
     assert shown.returncode == 0 and "profile smoke, seeds [0]" in shown.stdout, shown.stderr
     missing = _repro(repo, env, "show", "arcface", "--try", "nope")

@@ -101,6 +101,14 @@ def test_a_try_runs_the_stages_commands_in_its_own_workspace(tmp_path):
         "p": {"train": {"epochs": 3}},
     }
     assert (root / "params.yaml").read_text() == "profile: cpu  # a comment\nlauncher: python\n"
+    # made again: a file the repository no longer has goes, the try's outputs stay
+    (root / "common" / "x.py").unlink()
+    (workspace / "records" / "p").mkdir(parents=True)
+    (workspace / "records" / "p" / "r.json").write_text("{}")
+    assert commands.prepare_try("p", "smoke", ["p.train.epochs=3"], root) == workspace
+    assert not (workspace / "common" / "x.py").exists() and (workspace / "records" / "p" / "r.json").exists()
+    (root / "common" / "x.py").write_text("")
+    commands.prepare_try("p", "smoke", ["p.train.epochs=3"], root)
     commands_ = commands.try_commands("p", None, workspace, root)
     assert commands_ == [
         (root, [PYTHON, "-m", "common.data.prepare", "omniglot"]),
