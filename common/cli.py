@@ -11,6 +11,7 @@
     repro report PAPER               records -> reports/PAPER.md (python -m common.report.build)
     repro index                      reports/README.md (python -m common.report.build --index)
     repro dvc-yaml [--check]         write dvc.yaml: every stage with exactly the code it imports
+    repro readme [--check]           write the README's table of the papers from papers/*/paper.yaml
     repro audit REPORT               trace a report's numbers to runs, commits, stages; flag drift
     repro check-reports              fail if a committed report is stale or differs from its records (CI)
     repro certify [STAGE ...]        show a code change leaves run stages' numbers as they are; re-lock them
@@ -48,6 +49,25 @@ def _dvc_yaml(args: argparse.Namespace) -> None:
         return
     Path("dvc.yaml").write_text(text)
     print("dvc.yaml written" if text != current else "dvc.yaml unchanged")
+
+
+def _readme(args: argparse.Namespace) -> None:
+    from common.commands import readme_papers_table, render_readme
+
+    readme = Path("README.md")
+    if not readme.is_file():
+        raise ConfigError("README.md: no such file here; run `repro readme` from the repository's root")
+    current = readme.read_text()
+    text = render_readme(current, readme_papers_table(Path(args.params)))
+    if args.check:
+        if text != current:
+            raise ConfigError(
+                "README.md: the papers table differs from papers/*/paper.yaml and params.yaml; run `repro readme`"
+            )
+        print("README.md's papers table is current")
+        return
+    readme.write_text(text)
+    print("README.md's papers table written" if text != current else "README.md unchanged")
 
 
 def _papers(args: argparse.Namespace) -> None:
@@ -176,6 +196,18 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml: the stages with the exact code each one imports")
     p.add_argument("--check", action="store_true", help="only check that dvc.yaml is current")
     p.set_defaults(func=_dvc_yaml)
+
+    p = sub.add_parser(
+        "readme",
+        help="write the README's table of the papers from papers/*/paper.yaml",
+        description="Rewrite the table between the lines <!-- papers:begin ... --> and <!-- papers:end --> of "
+        "README.md: one row per paper (its authors, title and venue from papers/PAPER/paper.yaml, and a link "
+        "to reports/PAPER.md), in the order of the papers' sections in params.yaml.",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="only check that the table is current (exit status 2 if not)"
+    )
+    p.set_defaults(func=_readme)
 
     p = sub.add_parser("audit", help="trace every number of a report to its runs and check for drift")
     p.add_argument("report", help="e.g. reports/multi_similarity.md")

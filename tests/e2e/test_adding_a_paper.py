@@ -5,7 +5,8 @@ The guide's fenced blocks carry a marker after the language: ``file=PATH`` (writ
 (append to it), ``run`` (run these commands from the repository root), ``excerpt=PATH`` (a part of PATH, as
 it is). A temporary copy of the repository on the smoke profile gets the ``file``/``append`` blocks and runs
 the ``run`` blocks, in the guide's order, with ``repro`` meaning this checkout's CLI; then the template paper
-must have its stages, runs, MLflow experiment and report.
+must have its new loss (registered, tested), its stages, runs, MLflow experiment and report, and its row in the
+README's table of the papers.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.e2e
 GUIDE = REPO / "docs" / "adding-a-paper.md"
 FENCE = re.compile(r"^```(\w*)[ \t]*([^\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 SLUG = "my_paper"
+LOSS = "binomial_deviance"  # the template paper's new loss
 
 
 def guide_blocks() -> list[tuple[str, str, str]]:
@@ -55,7 +57,14 @@ def test_every_block_of_the_guide_is_marked():
     assert markers, "the guide has code blocks"
     for marker in markers:
         assert marker in ("", "run") or re.fullmatch(r"(file|append|excerpt)=\S+", marker), marker
-    assert sum(m.startswith("file=") for m in markers) == 2 and sum(m == "run" for m in markers) >= 2
+    files = [m.removeprefix("file=") for m in markers if m.startswith("file=")]
+    assert files == [
+        f"common/losses/{LOSS}.py",
+        f"tests/unit/test_losses_{LOSS}.py",
+        f"papers/{SLUG}/__init__.py",
+        f"papers/{SLUG}/paper.yaml",
+    ]
+    assert markers.count("append=params.yaml") == 1 and markers.count("run") >= 5
 
 
 def test_the_worked_example_is_what_the_repository_holds():
@@ -103,11 +112,24 @@ def _output(outputs: list[tuple[str, str]], command: str) -> str:
     return next(out for body, out in outputs if command in body)
 
 
+def test_the_guide_adds_a_loss_that_the_registry_finds_and_its_test_passes(followed):
+    repo, _, outputs = followed
+    assert (repo / "common" / "losses" / f"{LOSS}.py").is_file()
+    body, tested = next((b, out) for b, out in outputs if f"test_losses_{LOSS}.py" in b)
+    assert "tests/unit/test_loss_registry.py" in body, "the registry test runs beside the loss's own"
+    assert re.search(r"^\d+ passed", tested, re.MULTILINE) and "skipped" not in tested, tested[-1000:]
+    listed = _output(outputs, "LOSSES.names()")
+    assert "'contrastive'" in listed and LOSS not in listed, (
+        "step 1 lists the losses there are, before the new one"
+    )
+
+
 def test_the_guide_adds_a_paper_whose_stages_are_generated(followed):
     repo, env, outputs = followed
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     assert {f"run-{SLUG}-omniglot", f"report-{SLUG}"} <= set(stages)
     assert f"papers/{SLUG}/__init__.py" in stages[f"run-{SLUG}-omniglot"]["deps"]
+    assert f"common/losses/{LOSS}.py" in stages[f"run-{SLUG}-omniglot"]["deps"]
     check = subprocess.run(
         [str(BIN / "python"), "-m", "common.cli", "dvc-yaml", "--check"],
         cwd=repo,
@@ -128,10 +150,14 @@ def test_the_new_paper_runs_on_smoke_and_gets_its_report(followed):
         ("omniglot", "contrastive", 0),
     }
     assert all(r["config"]["profile"] == "smoke" for r in records)
+    assert {r["method"]: r["config"]["loss"]["name"] for r in records} == {
+        "proposed": LOSS,
+        "contrastive": "contrastive",
+    }
 
     report = (repo / "reports" / f"{SLUG}.md").read_text()
     assert report.startswith("# My Paper: A Better Loss for Metric Learning")
-    assert "| Proposed (MS loss) |" in report and "| Contrastive |" in report
+    assert "| Proposed (binomial deviance) |" in report and "| Contrastive |" in report
     assert "| the proposed loss > contrastive loss | paper | omniglot | R@1 |" in report
     assert (
         "figures/my_paper/forest.png" in report and (repo / "reports/figures/my_paper/forest.png").is_file()
@@ -143,7 +169,7 @@ def test_the_new_paper_runs_on_smoke_and_gets_its_report(followed):
     ]
 
     shown = _output(outputs, "repro show")
-    assert "Proposed (MS loss)" in shown and "proposed_over_contrastive" in shown
+    assert "Proposed (binomial deviance)" in shown and "proposed_over_contrastive" in shown
     assert _output(outputs, "repro reproduce").startswith("repro: a try in tries/smoke (profile smoke)")
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
@@ -164,3 +190,23 @@ def test_the_guide_left_the_other_papers_alone(followed):
         and not (root / "reports").exists()
         and not (root / "mlflow.db").exists()
     )
+
+
+def test_the_readme_lists_the_new_paper_last(followed):
+    root, env, outputs = followed
+    assert _output(outputs, "repro readme").strip() == "README.md's papers table written"
+    table = (root / "README.md").read_text().split("<!-- papers:begin")[1].split("<!-- papers:end -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[-1] == (
+        "| Author & Author, My Paper: A Better Loss for Metric Learning (Venue 2025) | "
+        f"[reports/{SLUG}.md](reports/{SLUG}.md) |"
+    )
+    assert rows[-2].endswith("(reports/align_uniform.md) |"), "the other papers' rows stay, in their order"
+    check = subprocess.run(
+        [str(BIN / "python"), "-m", "common.cli", "readme", "--check"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
