@@ -529,8 +529,9 @@ def _train_and_record(
             }
             write_record(path, record)
             tracker.log_artifact(str(path), "record")
+            # the trained weights (and optimizer state), which `repro evaluate` loads back
             final, _ = latest_checkpoint(checkpoint_dir)
-            if final is not None:  # the trained weights (and optimizer state): `repro evaluate` loads them back
+            if final is not None:
                 for file in sorted(final.iterdir()):
                     tracker.log_artifact(str(file), CHECKPOINT_ARTIFACT)
     if main:  # the record holds the result; keep only this config's final checkpoint

@@ -78,6 +78,21 @@ class RunResult:
     resumed_from_epoch: int = 0
 
 
+def finite_batch_loss(run: RunConfig, where: str, *batch: Any) -> torch.Tensor:
+    """``batch_loss(*batch)``; a NaN or infinite loss, or model outputs, stops the run, saying ``where``."""
+    try:
+        loss = batch_loss(*batch)
+        what = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
+    except _NonFiniteOutputs:
+        what = "the model's outputs are not finite"
+    if what is not None:
+        raise NonFiniteLossError(
+            f"{run.paper} {run.key}: {what} {where}; the run stops (loss {run.loss.name}, optimizer "
+            f"{run.optimizer.name} lr={run.optimizer.kwargs.get('lr', 'default')})"
+        )
+    return loss
+
+
 def sam_inside(optimizer: torch.optim.Optimizer) -> Any:
     """The SAM optimizer inside ``optimizer`` (wrapped by Accelerate or not), else ``None``."""
     while optimizer is not None:
@@ -310,17 +325,8 @@ def fit_and_evaluate(
                 factor = run.lr_schedule.factor(epoch, step, run.epochs, run.batches_per_epoch)
                 for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
                     group["lr"] = base_lr * factor
-            try:
-                loss = batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
-                what = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
-            except _NonFiniteOutputs:
-                what = "the model's outputs are not finite"
-            if what is not None:
-                raise NonFiniteLossError(
-                    f"{run.paper} {run.key}: {what} at epoch {epoch}, step {step}; "
-                    f"the run stops (loss {run.loss.name}, optimizer {run.optimizer.name} "
-                    f"lr={run.optimizer.kwargs.get('lr', 'default')})"
-                )
+            batch = (model, criterion, sampler, images, labels, reads_logits, accelerator)
+            loss = finite_batch_loss(run, f"at epoch {epoch}, step {step}", *batch)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if sam is None:
@@ -328,9 +334,8 @@ def fit_and_evaluate(
             else:
                 sam.first_step(zero_grad=True)
                 with frozen_batch_norm_statistics(model):
-                    accelerator.backward(
-                        batch_loss(model, criterion, sampler, images, labels, reads_logits, accelerator)
-                    )
+                    where = f"at SAM's perturbed weights, epoch {epoch}, step {step}"
+                    accelerator.backward(finite_batch_loss(run, where, *batch))
                 sam.second_step(zero_grad=True)
             total += loss.item()
             nonzero += int(loss.item() != 0.0)

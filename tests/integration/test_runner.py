@@ -311,3 +311,41 @@ def test_a_truncated_checkpoint_is_an_error_naming_it(tmp_path, tiny_prepared, m
         run_paper(
             "multi_similarity", "fashion_mnist", params_path=params, prepared_root=tiny_prepared, workers=1
         )
+
+
+def test_non_finite_outputs_at_sams_perturbed_weights_stop_the_run_saying_where(
+    tmp_path, tiny_prepared, mlflow_store, monkeypatch
+):
+    """SAM's second pass (at the perturbed weights) is checked as the first is, and the message says so."""
+    monkeypatch.chdir(tmp_path)
+    import common.engine.trainer as trainer
+
+    original, calls = trainer.batch_loss, []
+
+    def nan_at_the_perturbed_weights(model, *args):
+        calls.append(1)
+        if len(calls) == 2:  # step 0's second pass
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return original(model, *args)
+
+    def sam(params: dict) -> None:
+        params["multi_similarity"]["train"]["optimizer"] = {
+            "name": "sam",
+            "base": "sgd",
+            "lr": 0.01,
+            "rho": 0.05,
+        }
+
+    monkeypatch.setattr(trainer, "batch_loss", nan_at_the_perturbed_weights)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the model's outputs are not finite at SAM's perturbed weights, epoch 1, step 0; .* optimizer sam",
+    ):
+        run_paper(
+            "multi_similarity",
+            "fashion_mnist",
+            params_path=tiny_params(tmp_path, edit=sam, epochs=1, batches_per_epoch=3),
+            prepared_root=tiny_prepared,
+            workers=1,
+        )
