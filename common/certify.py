@@ -171,11 +171,18 @@ def certify_stage(
     return certificate, []
 
 
-def dvc_commit(stage: str, dvc: str = "dvc") -> None:
-    """Re-lock a stage with its current dependencies and outputs."""
-    done = subprocess.run([dvc, "commit", "--force", stage], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ConfigError(f"`dvc commit --force {stage}` failed: {done.stderr.strip()[-500:]}")
+def dvc_commit(stage: str, dvc: str = "dvc", attempts: int = 30, wait_s: float = 2.0) -> None:
+    """Re-lock a stage with its current dependencies and outputs; while another DVC command holds the
+    repository's lock (a second certification, a `dvc status`), wait and try again, ``attempts`` times."""
+    import time
+
+    for attempt in range(attempts):
+        done = subprocess.run([dvc, "commit", "--force", stage], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if "Unable to acquire lock" not in done.stderr or attempt == attempts - 1:
+            raise ConfigError(f"`dvc commit --force {stage}` failed: {done.stderr.strip()[-500:]}")
+        time.sleep(wait_s)
 
 
 def rerun_record(committed: dict[str, Any], scratch: Path, prepared_root: Path) -> dict[str, Any]:

@@ -158,3 +158,27 @@ def test_records_of_another_machine_cannot_be_certified_here(stage):
         "p", "d", CODE_CHANGE, lambda r, s: r, "new", None, records_root=stage, machine="2 x AMD EPYC"
     )
     assert certificate is not None
+
+
+def test_relocking_waits_while_another_dvc_command_holds_the_lock_and_names_any_other_failure(tmp_path):
+    """Two certifications side by side each re-lock their stages: a held lock is waited for; any other
+    failure of `dvc commit` stops at once, with DVC's message."""
+    from common.certify import dvc_commit
+
+    count = tmp_path / "count"
+    fake = tmp_path / "dvc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}\n"
+        'if [ "$n" -lt 2 ]; then echo "ERROR: Unable to acquire lock. Most likely ..." >&2; exit 1; fi\n'
+        'if [ "$3" = "broken" ]; then echo "ERROR: stage broken: no such stage" >&2; exit 1; fi\n'
+    )
+    fake.chmod(0o755)
+    dvc_commit("run-x-y", dvc=str(fake), wait_s=0.01)
+    assert count.read_text().strip() == "3"  # two refusals, then the commit
+    with pytest.raises(ConfigError, match="failed: ERROR: stage broken: no such stage"):
+        dvc_commit("broken", dvc=str(fake), wait_s=0.01)
+    assert count.read_text().strip() == "4", "a failure other than the lock is not retried"
+    count.unlink()
+    with pytest.raises(ConfigError, match="Unable to acquire lock"):
+        dvc_commit("run-x-y", dvc=str(fake), attempts=2, wait_s=0.01)
