@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.tracking.mlflow_tracking import flatten
+from common.tracking.mirror import record_params
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -210,7 +210,7 @@ def assert_runs_are_their_records(runs: dict, owner: dict[str, tuple[str, dict]]
         run = runs[run_id]
         assert run.info.status == "FINISHED"
         assert run.info.run_name == f"{record['method']}/{record['dataset']}/seed{record['seed']}"
-        assert run.data.params == flatten(record["config"]), f"{name}: params of another run"
+        assert run.data.params == record_params(record), f"{name}: params of another run"
         assert run.data.tags["params_hash"] == record["config_hash"]
         assert run.data.tags["method"] == record["method"]
         assert run.data.tags["git_commit"] == record["provenance"]["git_commit"]

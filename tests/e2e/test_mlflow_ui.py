@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from common.tracking.mlflow_tracking import flatten
+from common.tracking.mirror import record_params
 from tests.e2e.conftest import BIN, DATASETS, METHODS, PAPER_PARAMS, git
 
 pytestmark = pytest.mark.e2e
@@ -245,9 +245,10 @@ def test_the_comparison_view_shows_every_param_and_final_metric_of_the_records(
     seen = _open_comparison(page, ui, sorted(records))
     _shoot(page, tmp_path, "compare_runs", scroll_to="Run details")
 
-    # params: every run's flattened config in its column (a key of another method's loss shows empty)
+    # params: every run's flattened config and its components' defaults in its column (a key of another
+    # method's loss shows empty)
     columns = [run["id"] for run in seen["runs"]]
-    expected_params = {run_id: flatten(record["config"]) for run_id, record in records.items()}
+    expected_params = {run_id: record_params(record) for run_id, record in records.items()}
     params_table = next(t for t in seen["tables"] if any(row and row[0] == "loss.name" for row in t))
     shown_params = {row[0]: row[1:] for row in params_table}
     assert set(shown_params) == {key for params in expected_params.values() for key in params}
