@@ -101,11 +101,11 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from common.commands import compare_runs, try_workspace
+    from common.commands import compare_runs, try_store, try_workspace
     from common.params import load_params
 
     profile = args.profile or load_params(Path("params.yaml"))[0].profile
-    uri = f"sqlite:///{(try_workspace(args.try_name) / 'mlflow.db').resolve()}" if args.try_name else None
+    uri = try_store(try_workspace(args.try_name)) if args.try_name else None
     print("\n".join(compare_runs(args.paper, profile, args.metric, args.dataset, uri=uri)))
 
 

@@ -101,6 +101,11 @@ NOT_COPIED = ("records/", "reports/", "dvc.lock", "tries/")
 TRY_OUTPUTS = ("records/", "reports/", "checkpoints/", "mlflow.db", "mlartifacts/", "data/")
 
 
+def try_store(workspace: Path) -> str:
+    """The MLflow store of the try in ``workspace``: its own SQLite database."""
+    return f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
+
+
 def try_name(profile: str, sets: Sequence[str]) -> str:
     """The try's folder under tries/: its profile and changes, e.g. ``smoke`` or
     ``cpu_arcface.train.optimizer.lr=0.01`` (long names end in a hash of the whole)."""
@@ -233,7 +238,7 @@ def run_try(
 
     workspace = prepare_try(paper, profile, sets, root)
     env = stage_env()  # a store of the try's own, even where MLFLOW_TRACKING_URI names a team's server
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
+    env["MLFLOW_TRACKING_URI"] = try_store(workspace)
     env["DVC_ROOT"] = str(
         workspace.resolve()
     )  # the runs' root (their MLflow artifacts): the try's, not git's
@@ -624,7 +629,7 @@ def ui_store(try_name: str | None = None) -> str:
     if it does not exist."""
     from common.tracking.mlflow_tracking import absent_sqlite_store, tracking_uri
 
-    uri = f"sqlite:///{(try_workspace(try_name) / 'mlflow.db').resolve()}" if try_name else tracking_uri()
+    uri = try_store(try_workspace(try_name)) if try_name else tracking_uri()
     database = absent_sqlite_store(uri)
     if database is not None:
         raise ConfigError(
