@@ -62,12 +62,13 @@ def _diff(a: Any, b: Any, where: str, out: list[str]) -> None:
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _diff(x, y, f"{where}{i}.", out)
-    elif not (a == b or _both_nan(a, b)):
+    elif not same_value(a, b):
         out.append(f"{where.rstrip('.')}: {a!r} committed, {b!r} rerun")
 
 
-def _both_nan(a: Any, b: Any) -> bool:
-    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+def same_value(a: Any, b: Any) -> bool:
+    """Equal, bit for bit; two NaNs (a metric undefined in both runs) count as equal."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def sample_records(paths: list[Path], size: int = SAMPLE_SIZE) -> list[Path]:

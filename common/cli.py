@@ -80,11 +80,17 @@ def _papers(args: argparse.Namespace) -> None:
     print("\n".join(papers_table(slugs, status, width)))
 
 
-def _reproduce(args: argparse.Namespace) -> None:
-    from common.commands import reproduce, reproduce_command, run_try
+def _default_profile() -> str:
+    """params.yaml's profile: the one the committed reports are made on."""
     from common.params import load_params
 
-    default = load_params(Path("params.yaml"))[0].profile
+    return load_params(Path("params.yaml"))[0].profile
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from common.commands import reproduce, reproduce_command, run_try
+
+    default = _default_profile()
     profile = args.profile or default
     if profile != default or args.set:
         reproduce_command(args.paper, args.dataset)  # checks the paper and dataset
@@ -102,11 +108,13 @@ def _show(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     from common.commands import compare_runs, try_store, try_workspace
-    from common.params import load_params
 
-    profile = args.profile or load_params(Path("params.yaml"))[0].profile
     uri = try_store(try_workspace(args.try_name)) if args.try_name else None
-    print("\n".join(compare_runs(args.paper, profile, args.metric, args.dataset, uri=uri)))
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    lines = compare_runs(
+        args.paper, args.profile or _default_profile(), args.metric, args.dataset, uri, width
+    )
+    print("\n".join(lines))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -239,9 +239,8 @@ def run_try(
     workspace = prepare_try(paper, profile, sets, root)
     env = stage_env()  # a store of the try's own, even where MLFLOW_TRACKING_URI names a team's server
     env["MLFLOW_TRACKING_URI"] = try_store(workspace)
-    env["DVC_ROOT"] = str(
-        workspace.resolve()
-    )  # the runs' root (their MLflow artifacts): the try's, not git's
+    # the runs' root (their MLflow artifacts): the try's, not git's top level
+    env["DVC_ROOT"] = str(workspace.resolve())
     print(
         f"repro: a try in {workspace} (profile {profile}{''.join(f', {s}' for s in sets)}); "
         "the repository's records, reports and params.yaml stay as they are",
@@ -250,15 +249,8 @@ def run_try(
     for where, command in try_commands(paper, dataset, workspace, root):
         shown = shlex.join(["python" if c == sys.executable else c for c in command])
         print(f"repro: ({where}) {shown}", flush=True)
-        if dry:
-            continue
-        returncode = subprocess.run(command, cwd=where, env=env).returncode
-        if returncode == 130 or returncode == -signal.SIGINT:
-            raise KeyboardInterrupt
-        if returncode != 0:
-            raise ConfigError(
-                f"`{shown}` failed with exit status {returncode} (in {where}); its messages are above"
-            )
+        if not dry:
+            _pass_through(command, env, shown, f"(in {where}) its messages are above", cwd=where)
     report = workspace / "reports" / f"{paper}.md"
     name = workspace.name
     print(
@@ -273,11 +265,18 @@ def reproduce(command: Sequence[str]) -> None:
     """Run the DVC command with this venv first on PATH; its output (and the runs' progress bars) pass through."""
     shown = " ".join(["dvc", *command[1:]])
     print(f"repro: {shown}", flush=True)
-    returncode = subprocess.run(list(command), env=stage_env()).returncode
+    _pass_through(command, stage_env(), shown, "DVC's messages are above")
+
+
+def _pass_through(
+    command: Sequence[str], env: dict[str, str], shown: str, whose: str, cwd: Path | None = None
+) -> None:
+    """Run ``command``, its output passing through; Ctrl-C in it is Ctrl-C here, a failure an error naming it."""
+    returncode = subprocess.run(list(command), cwd=cwd, env=env).returncode
     if returncode == 130 or returncode == -signal.SIGINT:
         raise KeyboardInterrupt
     if returncode != 0:
-        raise ConfigError(f"`{shown}` failed with exit status {returncode}; DVC's messages are above")
+        raise ConfigError(f"`{shown}` failed with exit status {returncode}; {whose}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,7 +663,12 @@ def experiment_links(base: str) -> list[str]:
 
 
 def compare_runs(
-    paper: str, profile: str, metrics: Sequence[str] = (), dataset: str | None = None, uri: str | None = None
+    paper: str,
+    profile: str,
+    metrics: Sequence[str] = (),
+    dataset: str | None = None,
+    uri: str | None = None,
+    width: int = 100,
 ) -> list[str]:
     """Mean, standard deviation and n over seeds of each (dataset, method) of the paper's finished runs of
     ``profile`` in the MLflow store (the latest run of each seed; tuning trials left out), for ``metrics``
@@ -708,8 +712,7 @@ def compare_runs(
     groups: dict[tuple[str, str], list[Any]] = {}
     for (ds, method, _), run in sorted(latest.items()):
         groups.setdefault((ds, method), []).append(run)
-    header = ["dataset", "method", "n", *metrics]
-    rows = []
+    rows = [["dataset", "method", "n", *metrics]]
     for (ds, method), runs in groups.items():
         cells = []
         for metric in metrics:
@@ -717,12 +720,8 @@ def compare_runs(
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}" if values else "-")
         rows.append([ds, method, str(len(runs)), *cells])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        f"{paper}: finished {profile} runs in {client.tracking_uri}, mean ± standard deviation over seeds"
-    ]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    return lines
+    title = f"{paper}: finished {profile} runs in {client.tracking_uri}, mean ± standard deviation over seeds"
+    return [title, *render_table(rows, width)]
 
 
 RUN_PROCESSES = (b"common.runner", b"certify")

@@ -9,12 +9,13 @@ record's device and threads, with the same prepared data, they are equal to the 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.certify import same_value
+from common.commands import render_table
 from common.params import ConfigError
 
 
@@ -96,20 +97,20 @@ def reevaluate(
     return record, result.metrics
 
 
+def differing(record: dict[str, Any], metrics: dict[str, float]) -> list[str]:
+    """The metrics whose value evaluated again is not the record's (bit for bit)."""
+    names = sorted(record["metrics"].keys() | metrics.keys())
+    return [n for n in names if not same_value(record["metrics"].get(n), metrics.get(n))]
+
+
 def comparison_lines(record: dict[str, Any], metrics: dict[str, float]) -> list[str]:
     """One line a metric: the record's value, the re-evaluated one, and whether they are equal."""
-    rows = [("metric", "record", "evaluated again", "")]
+    differ = set(differing(record, metrics))
+    rows = [["metric", "record", "evaluated again", ""]]
     for name in sorted(record["metrics"].keys() | metrics.keys()):
         recorded, again = record["metrics"].get(name), metrics.get(name)
-        same = recorded == again or (
-            isinstance(recorded, float)
-            and isinstance(again, float)
-            and math.isnan(recorded)
-            and math.isnan(again)
-        )
-        rows.append((name, f"{recorded!r}", f"{again!r}", "equal" if same else "DIFFERS"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+        rows.append([name, f"{recorded!r}", f"{again!r}", "DIFFERS" if name in differ else "equal"])
+    return render_table(rows, width=1000)
 
 
 def main(paths: Sequence[Path]) -> int:
@@ -117,8 +118,7 @@ def main(paths: Sequence[Path]) -> int:
     differs = 0
     for path in paths:
         record, metrics = reevaluate(path)
-        lines = comparison_lines(record, metrics)
-        differs += sum(line.endswith("DIFFERS") for line in lines)
+        differs += len(differing(record, metrics))
         print(f"{path} (MLflow run {record['provenance']['mlflow_run_id']}):")
-        print("\n".join(f"  {line}" for line in lines))
+        print("\n".join(f"  {line}" for line in comparison_lines(record, metrics)))
     return 1 if differs else 0

@@ -313,11 +313,9 @@ def _write(client: MlflowClient, root: Path, path: Path, record: dict[str, Any])
         ORIGINAL_RUN_ID: provenance["mlflow_run_id"],
         MIRRORED_FROM: path.as_posix(),
     }
-    ended = (
-        datetime.fromisoformat(provenance["finished_at"]).timestamp() if "finished_at" in provenance else None
-    )
     times = {}
-    if ended is not None:  # the training's own times, not the mirror's
+    if "finished_at" in provenance:  # the training's own times, not the mirror's
+        ended = datetime.fromisoformat(provenance["finished_at"]).timestamp()
         times = {
             "end_time": round(ended * 1000),
             "start_time": round((ended - provenance.get("duration_s", 0)) * 1000),
